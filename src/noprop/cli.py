@@ -1,0 +1,185 @@
+"""The ``noprop`` command line: ``train``, ``eval`` (and the subcommands later issues add).
+
+Training flags are generated from the config dataclasses (``max_train_samples`` -> ``--max-train-samples``),
+so the CLI, the Python API and ``config.json`` always list the same knobs. Any error a user can cause
+prints one line on stderr and exits with status 2; nothing is written in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .config import SECTIONS, RunConfig
+from .errors import NoPropError
+
+HELP = {
+    "dataset": "digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100",
+    "data_dir": "directory holding the data set files (downloaded there when missing and online)",
+    "download": "download missing data files (default on; --no-download to forbid)",
+    "val_fraction": "fraction of the training set held out for model selection",
+    "max_train_samples": "use at most N training examples (after the validation split)",
+    "embedding": "class embedding W_Embed: one-hot, learned, prototype",
+    "embed_dim": "dimension of the learned embedding",
+    "block": "block architecture: auto (conv for images >= 16x16, else mlp), conv, mlp",
+    "head": "class-probability head: softmax (Eq. 14) or posterior (Eqs. 15-16)",
+    "method": "dt (NoProp-DT), backprop (end-to-end twin), ct, fm, adjoint",
+    "T": "number of blocks (diffusion steps) for DT/backprop",
+    "eta": "η, weight of the denoising term (Eq. 8)",
+    "order": "blocks (Algorithm 1: blocks outer, batches inner) or interleaved",
+    "optimizer": "auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam",
+    "device": "auto, cpu, cuda, cuda:N",
+    "patience": "stop after N epochs without a better validation accuracy",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"noprop: error: {message}\n")
+
+
+def _field_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = eval(
+            tp,
+            {"__builtins__": {}},
+            {"int": int, "float": float, "str": str, "bool": bool, "None": None},
+        )
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return args[0]
+    return tp
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field; defaults are suppressed so we know which flags were given."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(section):
+            flag = "--" + f.name.replace("_", "-")
+            tp = _field_type(f.type)
+            default = f.default
+            if tp is bool:
+                p.add_argument(
+                    flag,
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=f"{HELP.get(f.name, '')}",
+                )
+            else:
+                p.add_argument(
+                    flag,
+                    dest=f.name,
+                    type=tp,
+                    default=argparse.SUPPRESS,
+                    metavar=f.name.upper(),
+                    help=f"{HELP.get(f.name, '')} (default: {default})",
+                )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="noprop", description="Train and evaluate NoProp networks (arXiv 2503.24322).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model into a run directory")
+    add_config_flags(t)
+    t.add_argument("--out", help="run directory (default: runs/METHOD-DATASET-TIMESTAMP)")
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch"
+    )
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    e = sub.add_parser("eval", help="evaluate a run's selected model on the test set")
+    e.add_argument("run_dir")
+    e.add_argument(
+        "--deterministic", action="store_true", help="z_0 = 0 and no noise during inference"
+    )
+    e.add_argument(
+        "--runs", type=int, default=1, help="number of inference runs (mean ± standard error)"
+    )
+    e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int)
+    return p
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    if n is not None:
+        if n < 1:
+            raise NoPropError(f"--threads must be >= 1 (got {n})")
+        torch.set_num_threads(n)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from .training.run import train
+
+    given = {
+        f.name: getattr(ns, f.name)
+        for s in SECTIONS
+        for f in dataclasses.fields(s)
+        if hasattr(ns, f.name)
+    }
+    _set_threads(ns.threads)
+    if ns.resume:
+        if ns.out and ns.out != ns.resume:
+            raise NoPropError("give either --resume RUN_DIR or --out, not both")
+        summary = train(
+            RunConfig(), ns.resume, resume=True, progress=not ns.no_progress, overrides=given
+        )
+        out = ns.resume
+    else:
+        cfg = RunConfig().replace(**given)
+        out = (
+            ns.out
+            or f"runs/{cfg.method.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        summary = train(cfg, out, overwrite=ns.overwrite, progress=not ns.no_progress)
+    print(
+        f"run {out}: val_accuracy {summary['val_accuracy']}, test_accuracy {summary['test_accuracy']:.4f} "
+        f"(deterministic {summary['test_accuracy_deterministic']:.4f}), "
+        f"{summary['epochs']} epochs in {summary['train_seconds']:.1f} s"
+    )
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from .training.run import evaluate_run
+
+    _set_threads(ns.threads)
+    r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device)
+    mode = "deterministic" if r["deterministic"] else "stochastic"
+    print(
+        f"test accuracy ({mode}, {r['runs']} runs): {r['test_accuracy']:.4f} ± {r['test_accuracy_stderr']:.4f}"
+    )
+    print("accuracy of the read-out after each step t:")
+    for t, acc in enumerate(r["accuracy_per_step"]):
+        print(f"  t={t:<4d} {acc:.4f}")
+    print(json.dumps({k: r[k] for k in ("test_accuracy", "test_accuracy_stderr", "runs")}))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[ns.command](ns)
+    except NoPropError as e:
+        print(f"noprop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noprop: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

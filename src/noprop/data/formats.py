@@ -1,0 +1,273 @@
+"""Parsers for the raw data-set file formats, written so that no input can do harm.
+
+Two formats are read:
+
+* **IDX** (MNIST, Fashion-MNIST, KMNIST): a 4-byte big-endian magic number (two zero bytes, a
+  type code, the number of dimensions), one big-endian ``uint32`` per dimension, then the
+  payload. Only unsigned-byte data is accepted: magic ``0x00000801`` (labels, 1-D) and
+  ``0x00000803`` (images, 3-D). Files may be gzip-compressed or not; gzip is recognised by its
+  magic bytes, and a file named ``*.gz`` that is not gzip is an error.
+* **CIFAR binary** (the official ``*-binary.tar.gz`` releases): fixed-size records of one label
+  byte (CIFAR-10) or a coarse and a fine label byte (CIFAR-100) followed by 3072 pixel bytes
+  (red, green, blue planes of 32x32).
+
+Design choices:
+
+* Nothing is ever unpickled; the Python-pickle releases of CIFAR are deliberately not supported.
+* Sizes declared in a header are checked against the real byte length *before* the payload is
+  read or any array is allocated, so a lying header cannot make us allocate more memory than the
+  file itself occupies. Gzip input is decompressed with a hard cap (:data:`MAX_DECOMPRESSED_BYTES`,
+  200 MiB by default), so a gzip bomb fails fast instead of exhausting memory. Gzip CRC and
+  length trailers are verified by zlib.
+* Every problem with the *content* raises :class:`~noprop.errors.DataError` with a one-line
+  message naming the source; a wrong argument (a programming error) raises ``ValueError``.
+* Arrays are returned as writable NumPy views of a single buffer (no per-record Python loops).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from math import prod
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from noprop.errors import DataError
+
+__all__ = [
+    "CIFAR_IMAGE_BYTES",
+    "CIFAR_IMAGE_SHAPE",
+    "IDX_IMAGES_MAGIC",
+    "IDX_LABELS_MAGIC",
+    "MAX_DECOMPRESSED_BYTES",
+    "read_cifar_binary",
+    "read_idx",
+]
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+
+IDX_LABELS_MAGIC = 0x00000801
+IDX_IMAGES_MAGIC = 0x00000803
+_IDX_NDIM = {IDX_LABELS_MAGIC: 1, IDX_IMAGES_MAGIC: 3}
+_IDX_MAX_HEADER = 4 + 4 * 3
+
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+CIFAR_IMAGE_BYTES = prod(CIFAR_IMAGE_SHAPE)
+
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED_BYTES = 200 * 1024 * 1024
+_GUNZIP_CHUNK = 16 * 1024 * 1024
+
+
+def _describe(source: Source) -> str:
+    """Return a short human-readable name for ``source`` to use in error messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return os.fspath(source)
+
+
+def _read_file(path: Path, description: str) -> bytearray:
+    """Read a whole file into a writable buffer, turning OS errors into :class:`DataError`."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            buffer = bytearray(size)
+            got = handle.readinto(buffer)
+    except OSError as exc:
+        raise DataError(f"{description}: cannot read file ({exc.strerror or exc})") from None
+    if got != size:
+        raise DataError(f"{description}: file changed while being read")
+    return buffer
+
+
+def _peek(path: Path, count: int, description: str) -> tuple[bytes, int]:
+    """Return the first ``count`` bytes of a file and its total size, without reading the rest."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return handle.read(count), size
+    except OSError as exc:
+        raise DataError(f"{description}: cannot read file ({exc.strerror or exc})") from None
+
+
+def gunzip_capped(
+    data: bytes | bytearray | memoryview, description: str, max_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> bytearray:
+    """Decompress gzip data, refusing to produce more than ``max_bytes`` bytes.
+
+    Concatenated gzip members are supported, as is trailing zero padding; anything else after
+    the last member is an error.
+
+    Args:
+        data: The compressed bytes.
+        description: Name of the source, for error messages.
+        max_bytes: Upper bound on the decompressed size.
+
+    Returns:
+        The decompressed bytes, in a writable buffer.
+
+    Raises:
+        DataError: If ``data`` is not valid, complete gzip or would decompress past the cap.
+    """
+    out = bytearray()
+    remaining = memoryview(data)
+    while True:
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        pending: bytes | memoryview = remaining
+        try:
+            while not decompressor.eof:
+                room = max_bytes + 1 - len(out)
+                chunk = decompressor.decompress(pending, min(room, _GUNZIP_CHUNK))
+                out += chunk
+                if len(out) > max_bytes:
+                    raise DataError(
+                        f"{description}: decompresses to more than {max_bytes} bytes; refusing"
+                    )
+                progressed = bool(chunk) or len(decompressor.unconsumed_tail) < len(pending)
+                pending = decompressor.unconsumed_tail
+                if not progressed:
+                    break
+        except zlib.error as exc:
+            raise DataError(f"{description}: corrupt gzip data ({exc})") from None
+        if not decompressor.eof:
+            raise DataError(f"{description}: gzip data is truncated")
+        remaining = memoryview(decompressor.unused_data)
+        if bytes(remaining).count(0) == len(remaining):
+            return out
+        if bytes(remaining[:2]) != GZIP_MAGIC:
+            raise DataError(f"{description}: unexpected bytes after the end of the gzip data")
+
+
+def _parse_idx_header(
+    head: bytes | bytearray | memoryview, total: int, description: str
+) -> tuple[tuple[int, ...], int]:
+    """Validate an IDX header against the total byte length of the (uncompressed) file.
+
+    Args:
+        head: At least the first 16 bytes of the file (fewer if the file is shorter).
+        total: Total length of the uncompressed file in bytes.
+        description: Name of the source, for error messages.
+
+    Returns:
+        The dimensions and the header length in bytes.
+
+    Raises:
+        DataError: On a wrong magic number, a short header, or a payload size mismatch.
+    """
+    if total < 4 or len(head) < 4:
+        raise DataError(f"{description}: too short to be an IDX file ({total} bytes)")
+    magic = int.from_bytes(bytes(head[:4]), "big")
+    ndim = _IDX_NDIM.get(magic)
+    if ndim is None:
+        raise DataError(
+            f"{description}: bad IDX magic number 0x{magic:08x} "
+            f"(expected 0x{IDX_LABELS_MAGIC:08x} for labels or 0x{IDX_IMAGES_MAGIC:08x} for images)"
+        )
+    header_len = 4 + 4 * ndim
+    if total < header_len or len(head) < header_len:
+        raise DataError(f"{description}: truncated IDX header ({total} bytes)")
+    dims = tuple(int.from_bytes(bytes(head[4 + 4 * i : 8 + 4 * i]), "big") for i in range(ndim))
+    expected = header_len + prod(dims)
+    if expected != total:
+        kind = "truncated" if total < expected else "oversized"
+        raise DataError(
+            f"{description}: {kind} IDX file: header declares shape {dims} "
+            f"({expected} bytes) but the data is {total} bytes"
+        )
+    return dims, header_len
+
+
+def _idx_from_buffer(buffer: bytearray, description: str) -> np.ndarray:
+    """Parse a complete, uncompressed IDX file held in memory."""
+    dims, header_len = _parse_idx_header(buffer[:_IDX_MAX_HEADER], len(buffer), description)
+    return np.frombuffer(buffer, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def read_idx(source: Source, *, max_decompressed: int = MAX_DECOMPRESSED_BYTES) -> np.ndarray:
+    """Read an unsigned-byte IDX file (labels ``0x801`` or images ``0x803``), gzipped or not.
+
+    Args:
+        source: A path, or the file's bytes. Gzip input is recognised by its magic bytes; a
+            path ending in ``.gz`` must be gzip.
+        max_decompressed: Cap on the decompressed size of gzip input, in bytes.
+
+    Returns:
+        A writable ``uint8`` array: shape ``(N,)`` for labels, ``(N, rows, cols)`` for images.
+
+    Raises:
+        DataError: If the file cannot be read, is not gzip although named ``.gz``, is corrupt
+            gzip, has a wrong magic number, or its size does not match its header exactly.
+    """
+    description = _describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = memoryview(source)
+        if bytes(data[:2]) == GZIP_MAGIC:
+            return _idx_from_buffer(gunzip_capped(data, description, max_decompressed), description)
+        return _idx_from_buffer(bytearray(data), description)
+
+    path = Path(source)
+    head, size = _peek(path, _IDX_MAX_HEADER, description)
+    if head[:2] == GZIP_MAGIC:
+        compressed = _read_file(path, description)
+        return _idx_from_buffer(
+            gunzip_capped(compressed, description, max_decompressed), description
+        )
+    if path.suffix == ".gz":
+        raise DataError(f"{description}: named .gz but is not gzip-compressed")
+    # Validate the header against the file size before reading (allocating) the payload.
+    _parse_idx_header(head, size, description)
+    return _idx_from_buffer(_read_file(path, description), description)
+
+
+def read_cifar_binary(
+    source: Source, *, label_bytes: int = 1, fine: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read an official CIFAR-10/100 binary batch file.
+
+    Args:
+        source: A path, or the file's bytes.
+        label_bytes: 1 for CIFAR-10 (one label byte per record), 2 for CIFAR-100 (a coarse and
+            a fine label byte per record).
+        fine: For CIFAR-100 (``label_bytes=2``), return the fine (100-class) labels if true,
+            else the coarse (20-class) labels. Ignored for CIFAR-10.
+
+    Returns:
+        ``(images, labels)``: ``uint8`` images of shape ``(N, 3, 32, 32)`` (a writable,
+        possibly non-contiguous view) and ``int64`` labels of shape ``(N,)``.
+
+    Raises:
+        ValueError: If ``label_bytes`` is not 1 or 2.
+        DataError: If the file cannot be read, is empty, or its size is not a multiple of the
+            record size.
+    """
+    if label_bytes not in (1, 2):
+        raise ValueError(f"label_bytes must be 1 or 2, got {label_bytes!r}")
+    description = _describe(source)
+    record = label_bytes + CIFAR_IMAGE_BYTES
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        _check_cifar_size(len(source), record, description)
+        buffer = bytearray(source)
+    else:
+        path = Path(source)
+        _, size = _peek(path, 0, description)
+        _check_cifar_size(size, record, description)
+        buffer = _read_file(path, description)
+        _check_cifar_size(len(buffer), record, description)
+    records = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, record)
+    label_column = 1 if (label_bytes == 2 and fine) else 0
+    labels = records[:, label_column].astype(np.int64)
+    images = records[:, label_bytes:].reshape((-1, *CIFAR_IMAGE_SHAPE))
+    return images, labels
+
+
+def _check_cifar_size(size: int, record: int, description: str) -> None:
+    """Raise :class:`DataError` unless ``size`` is a non-zero multiple of ``record``."""
+    if size == 0:
+        raise DataError(f"{description}: empty CIFAR binary file")
+    if size % record:
+        raise DataError(
+            f"{description}: size {size} bytes is not a multiple of the {record}-byte CIFAR "
+            f"record (truncated or wrong file)"
+        )

@@ -1,0 +1,21 @@
+"""Small shared fixtures: tiny configs and random data that build in milliseconds."""
+
+from __future__ import annotations
+
+import torch
+
+from noprop.config import make_config
+from noprop.methods import build_method
+
+
+def tiny_data(n: int = 64, shape=(1, 8, 8), num_classes: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.arange(n) % num_classes
+    return x, y
+
+
+def tiny_method(method: str = "dt", embedding: str = "one-hot", T: int = 3, **kw):
+    x, y = tiny_data()
+    cfg = make_config(method=method, embedding=embedding, T=T, block="mlp", embed_dim=6, **kw)
+    return build_method(cfg, x.shape[1:], 4, x, y), cfg, (x, y)

@@ -1,0 +1,56 @@
+"""What NoProp back-propagates: inside block t, into the head and W_Embed — and nothing else."""
+
+import pytest
+import torch
+
+from noprop.training.trainer import Trainer
+
+from .problems import tiny_method
+
+
+@pytest.mark.parametrize("embedding", ["one-hot", "learned"])
+@pytest.mark.parametrize("unit", [0, 1, 2])
+def test_step_of_block_t_leaves_other_blocks_untouched(embedding, unit):
+    method, cfg, (x, y) = tiny_method(embedding=embedding)
+    trainer = Trainer(method, cfg, torch.device("cpu"), progress=False)
+    # warm up every block once so every block has optimiser state and nonzero moments
+    for u in range(method.num_units):
+        trainer.step(x, y, u)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    for p in method.parameters():
+        p.grad = None
+    trainer.step(x, y, unit)
+    for t, block in enumerate(method.blocks):
+        for name, p in block.named_parameters():
+            if t != unit:
+                assert p.grad is None, f"block {t + 1} got a gradient from block {unit + 1}'s loss"
+            else:
+                assert p.grad is not None, f"block {t + 1}.{name} got no gradient"
+        for name, v in block.state_dict().items():  # parameters and BN running stats, bit for bit
+            changed = not torch.equal(v, before[f"blocks.{t}.{name}"])
+            if t != unit:
+                assert not changed, f"block {t + 1}.{name} changed during block {unit + 1}'s step"
+    # the block being trained and the head did change
+    assert not torch.equal(
+        method.blocks[unit].fusion[-1].weight, before[f"blocks.{unit}.fusion.6.weight"]
+    )
+    assert not torch.equal(method.head.f_out.weight, before["head.f_out.weight"])
+    if embedding == "learned":
+        assert method.embedding.weight.grad is not None
+
+
+def test_block_loss_graph_contains_only_block_t():
+    """The autograd graph of block t's loss reaches no parameter of another block."""
+    method, _, (x, y) = tiny_method()
+    loss, _ = method.loss(x, y, 1)
+    others = [p for t, b in enumerate(method.blocks) if t != 1 for p in b.parameters()]
+    grads = torch.autograd.grad(loss, others, allow_unused=True)
+    assert all(g is None for g in grads)
+
+
+def test_backprop_twin_does_couple_blocks():
+    """Control: the end-to-end twin sends gradient into every block (the test above can fail)."""
+    method, _, (x, y) = tiny_method(method="backprop")
+    loss, _ = method.loss(x, y, 0)
+    grads = torch.autograd.grad(loss, [b.fusion[0].weight for b in method.blocks])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
