@@ -92,12 +92,14 @@ def test_prototype_subsamples_large_classes():
 def test_heads():
     W = torch.eye(4)
     z = torch.randn(6, 4)
-    assert build_head("softmax", 4, 4)(z, W).shape == (6, 4)
-    post = build_head("posterior", 4, 4, sigma=0.5)
+    head = build_head("softmax", W)
+    assert head(z, W).shape == (6, 4)
+    assert (head(W, W).argmax(-1) == torch.arange(4)).all()  # init = nearest-embedding read-out
+    post = build_head("posterior", W, sigma=0.5)
     logits = post(z, W)
     assert logits.shape == (6, 4) and (logits <= 0).all()
     # Eq. 16: logit_y = -||softmax(f(z)) W - u_y||^2 / (2σ²)
     y_tilde = post.f_out(z).softmax(-1) @ W
     torch.testing.assert_close(logits[:, 2], -((y_tilde - W[2]) ** 2).sum(-1) / 0.5)
     with pytest.raises(ConfigError):
-        build_head("nope", 4, 4)
+        build_head("nope", W)

@@ -36,7 +36,7 @@ def build_embedding_and_head(
         train_y=train_y,
         seed=cfg.train.seed,
     )
-    head = build_head(cfg.model.head, emb.dim, num_classes, sigma=cfg.model.posterior_sigma)
+    head = build_head(cfg.model.head, emb.weight, sigma=cfg.model.posterior_sigma)
     return emb, head
 
 

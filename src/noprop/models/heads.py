@@ -11,6 +11,7 @@ Both heads map z (B, d) to class logits (B, m); ``W`` is W_Embed (m, d), used on
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -18,26 +19,36 @@ from ..errors import ConfigError
 HEADS = ("softmax", "posterior")
 
 
-def zero_linear(d: int, num_classes: int) -> nn.Linear:
-    """f_θout with zero weights and bias ([I], the paper gives no init): p̂ starts uniform.
+def readout_linear(W: Tensor) -> nn.Linear:
+    """f_θout initialised as the nearest-embedding read-out ([I], the paper gives no init).
 
-    Why: f_θout only learns through cross-entropy at the optimiser's step size (1e-3). From PyTorch's
-    default uniform init (|w| up to 1/√d) it takes hundreds of steps for the correct logit to overcome
-    the random ones, and every read-out before that is wrong however good the blocks are. From zero,
-    the first Adam step already ranks the correct class first for clean embeddings.
+    logit_k = (⟨z, u_k⟩ − ½‖u_k‖²) / s = −‖z − u_k‖² / (2s) + const(z), with s = mean_k ‖u_k‖², so at
+    initialisation argmax f_θout(z) is the class whose embedding is closest to z (FM's read-out) and
+    a clean u_y already scores ≈ 1 above the others for one-hot rows.
+
+    Why: with PyTorch's default uniform init the head maps the embedding corners to random classes,
+    and some classes own no region of embedding space at all. The head learns only through
+    cross-entropy at the optimiser's step size, so it takes hundreds of steps before every class is
+    reachable; meanwhile DT read-outs are wrong however good the blocks are, and the back-prop twin
+    saturates its blocks onto the reachable classes and stalls (measured on digits: 0.80 train
+    accuracy after 60 epochs vs 0.99 with this init).
     """
-    f = nn.Linear(d, num_classes)
-    nn.init.zeros_(f.weight)
-    nn.init.zeros_(f.bias)
+    W = W.detach().float()
+    m, d = W.shape
+    scale = W.pow(2).sum(-1).mean().clamp_min(1e-8)
+    f = nn.Linear(d, m)
+    with torch.no_grad():
+        f.weight.copy_(W / scale)
+        f.bias.copy_(-0.5 * W.pow(2).sum(-1) / scale)
     return f
 
 
 class SoftmaxHead(nn.Module):
     """p̂(y | z) = softmax(f_θout(z)) with f_θout linear (Eq. 14)."""
 
-    def __init__(self, d: int, num_classes: int) -> None:
+    def __init__(self, W: Tensor) -> None:
         super().__init__()
-        self.f_out = zero_linear(d, num_classes)
+        self.f_out = readout_linear(W)
 
     def forward(self, z: Tensor, W: Tensor) -> Tensor:
         return self.f_out(z)
@@ -46,11 +57,11 @@ class SoftmaxHead(nn.Module):
 class PosteriorHead(nn.Module):
     """p̂(y | z) ∝ exp(−‖softmax(f_θout(z)) W − u_y‖² / (2σ²)) (Eqs. 15–16)."""
 
-    def __init__(self, d: int, num_classes: int, sigma: float = 0.1) -> None:
+    def __init__(self, W: Tensor, sigma: float = 0.1) -> None:
         super().__init__()
         if sigma <= 0:
             raise ConfigError(f"--posterior-sigma must be > 0 (got {sigma})")
-        self.f_out = zero_linear(d, num_classes)
+        self.f_out = readout_linear(W)
         self.sigma = sigma
 
     def forward(self, z: Tensor, W: Tensor) -> Tensor:
@@ -59,9 +70,10 @@ class PosteriorHead(nn.Module):
         return -sq_dist / (2 * self.sigma**2)  # Eq. 16 (log-softmax of this is the posterior)
 
 
-def build_head(kind: str, d: int, num_classes: int, *, sigma: float = 0.1) -> nn.Module:
+def build_head(kind: str, W: Tensor, *, sigma: float = 0.1) -> nn.Module:
+    """The head of the given kind, its f_θout initialised from W_Embed (m, d) (see readout_linear)."""
     if kind == "softmax":
-        return SoftmaxHead(d, num_classes)
+        return SoftmaxHead(W)
     if kind == "posterior":
-        return PosteriorHead(d, num_classes, sigma)
+        return PosteriorHead(W, sigma)
     raise ConfigError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
