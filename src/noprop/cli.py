@@ -2,7 +2,9 @@
 
 Training flags are generated from the config dataclasses (``max_train_samples`` -> ``--max-train-samples``),
 so the CLI, the Python API and ``config.json`` always list the same knobs. Any error a user can cause
-prints one line on stderr and exits with status 2; nothing is written in that case.
+prints one line on stderr and exits with status 2; nothing is written in that case. An operating-system
+failure while running (disk full, permissions changed mid-run) prints one line and exits with status 1;
+Ctrl-C exits with 130. In every case the last completed epoch's checkpoint is kept for ``--resume``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .config import SECTIONS, RunConfig
+from .config import SECTIONS, RunConfig, check_device
 from .errors import NoPropError
 
 HELP = {
@@ -154,6 +156,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from .training.run import evaluate_run
 
     _set_threads(ns.threads)
+    check_device(ns.device)
     r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device)
     mode = "deterministic" if r["deterministic"] else "stochastic"
     print(
@@ -169,13 +172,22 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval}
 
 
+def _one_line(e: BaseException) -> str:
+    """Error messages are single lines; fold any stray newline rather than print a second line."""
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         return COMMANDS[ns.command](ns)
     except NoPropError as e:
-        print(f"noprop: error: {e}", file=sys.stderr)
+        print(f"noprop: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"noprop: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("noprop: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
         return 130

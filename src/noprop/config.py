@@ -9,6 +9,8 @@ resolved config is written to ``config.json`` in the run directory. Cross-field 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,19 @@ from .errors import ConfigError
 METHOD_NAMES = ("dt", "backprop", "ct", "fm", "adjoint")
 ORDERS = ("blocks", "interleaved")
 OPTIMIZERS = ("auto", "adamw", "adam")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(name: str) -> None:
+    """``--device`` must be auto, cpu, cuda or cuda:N (other torch devices are not supported)."""
+    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
+        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _positive(flag: str, value: float) -> None:
+    """A finite number > 0 (NaN and inf are refused)."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--{flag} must be a finite number > 0 (got {value})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,18 +75,28 @@ class ModelConfig:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.embed_dim < 1:
             raise ConfigError(f"--embed-dim must be >= 1 (got {self.embed_dim})")
-        if self.posterior_sigma <= 0:
-            raise ConfigError(f"--posterior-sigma must be > 0 (got {self.posterior_sigma})")
+        _positive("posterior-sigma", self.posterior_sigma)
 
 
 @dataclass(frozen=True, kw_only=True)
 class MethodConfig:
     method: str = "dt"
     T: int = 10
-    eta: float = 0.1
+    # η of Eqs. 8/9; None = the method's Table 3 value (DT 0.1, CT 1). FM/backprop/adjoint have no η.
+    eta: float | None = None
     cosine_s: float = 0.008
     alpha_bar_min: float = 1e-4
     alpha_bar_max: float = 0.999
+    # Continuous-time methods (ct, fm, adjoint): inference grid and scheme (solvers.py; "ancestral"
+    # is CT's stochastic a/b/c sampler), CT's learned schedule (schedules_ct.py: initial γ(1), γ(0),
+    # hidden width of γ̃), FM's path noise σ, and the adjoint baseline's training grid.
+    inference_steps: int = 1000
+    solver: str = "euler"
+    gamma_min: float = -5.0
+    gamma_max: float = 5.0
+    gamma_width: int = 64
+    fm_sigma: float = 0.0
+    adjoint_steps: int = 1000
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -80,8 +105,42 @@ class MethodConfig:
             )
         if self.T < 1:
             raise ConfigError(f"--T must be >= 1 (got {self.T})")
-        if self.eta <= 0:
-            raise ConfigError(f"--eta must be > 0 (got {self.eta})")
+        if self.eta is not None:
+            _positive("eta", self.eta)
+        self._check_continuous_time()
+        if not (self.cosine_s >= 0 and math.isfinite(self.cosine_s)):
+            raise ConfigError(f"--cosine-s must be a finite number >= 0 (got {self.cosine_s})")
+        if not 0.0 < self.alpha_bar_min < self.alpha_bar_max < 1.0:
+            raise ConfigError(
+                "need 0 < --alpha-bar-min < --alpha-bar-max < 1 "
+                f"(got {self.alpha_bar_min}, {self.alpha_bar_max})"
+            )
+
+    def _check_continuous_time(self) -> None:
+        from .solvers import SOLVER_NAMES, STOCHASTIC
+
+        if self.inference_steps < 1:
+            raise ConfigError(f"--inference-steps must be >= 1 (got {self.inference_steps})")
+        if self.adjoint_steps < 1:
+            raise ConfigError(f"--adjoint-steps must be >= 1 (got {self.adjoint_steps})")
+        if self.solver not in SOLVER_NAMES:
+            raise ConfigError(
+                f"unknown --solver {self.solver!r}; choose one of {', '.join(SOLVER_NAMES)}"
+            )
+        if self.solver in STOCHASTIC and self.method != "ct":
+            raise ConfigError(
+                f"--solver {self.solver} is NoProp-CT's sampler; use it with --method ct"
+            )
+        if not (math.isfinite(self.gamma_min) and math.isfinite(self.gamma_max)):
+            raise ConfigError("--gamma-min and --gamma-max must be finite")
+        if not self.gamma_min < self.gamma_max:
+            raise ConfigError(
+                f"need --gamma-min < --gamma-max (got {self.gamma_min}, {self.gamma_max})"
+            )
+        if self.gamma_width < 1:
+            raise ConfigError(f"--gamma-width must be >= 1 (got {self.gamma_width})")
+        if not (self.fm_sigma >= 0 and math.isfinite(self.fm_sigma)):
+            raise ConfigError(f"--fm-sigma must be a finite number >= 0 (got {self.fm_sigma})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,16 +155,21 @@ class TrainConfig:
     device: str = "auto"
     patience: int | None = None
     eval_batch_size: int = 1000
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0 (got {self.lr})")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        _positive("lr", self.lr)
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(
+                f"--weight-decay must be a finite number >= 0 (got {self.weight_decay})"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0 (got {self.seed})")
+        check_device(self.device)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"

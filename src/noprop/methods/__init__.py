@@ -13,11 +13,16 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models import build_dt_block, build_embedding, build_head
+from ..models.ct_blocks import build_ct_block
 from ..models.embeddings import ClassEmbedding
 from ..schedules import CosineSchedule, DiscreteSchedule
+from ..schedules_ct import LearnedSchedule
+from .adjoint import Adjoint
 from .backprop import Backprop
 from .base import Method
+from .ct import NoPropCT
 from .dt import NoPropDT
+from .fm import NoPropFM
 
 Builder = Callable[
     [RunConfig, tuple[int, ...], int, torch.Tensor | None, torch.Tensor | None], Method
@@ -52,7 +57,8 @@ def build_dt(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) 
             T=m.T, s=m.cosine_s, alpha_bar_min=m.alpha_bar_min, alpha_bar_max=m.alpha_bar_max
         )
     )
-    return NoPropDT(_dt_blocks(cfg, in_shape, num_classes, emb.dim), emb, head, schedule, eta=m.eta)
+    eta = 0.1 if m.eta is None else m.eta  # Table 3: η = 0.1 for DT
+    return NoPropDT(_dt_blocks(cfg, in_shape, num_classes, emb.dim), emb, head, schedule, eta=eta)
 
 
 def build_backprop(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) -> Method:
@@ -60,7 +66,47 @@ def build_backprop(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=
     return Backprop(_dt_blocks(cfg, in_shape, num_classes, emb.dim), emb, head)
 
 
-METHODS: dict[str, Builder] = {"dt": build_dt, "backprop": build_backprop}
+def build_ct(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) -> Method:
+    emb, head = build_embedding_and_head(cfg, in_shape, num_classes, train_x, train_y)
+    m = cfg.method
+    block = build_ct_block(cfg.model.block, in_shape, emb.dim, num_classes)
+    schedule = LearnedSchedule(gamma_min=m.gamma_min, gamma_max=m.gamma_max, width=m.gamma_width)
+    eta = 1.0 if m.eta is None else m.eta  # Table 3: η = 1 for CT
+    return NoPropCT(
+        block, emb, head, schedule, eta=eta, inference_steps=m.inference_steps, solver=m.solver
+    )
+
+
+def build_fm(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) -> Method:
+    emb, head = build_embedding_and_head(cfg, in_shape, num_classes, train_x, train_y)
+    m = cfg.method
+    block = build_ct_block(cfg.model.block, in_shape, emb.dim, num_classes)
+    return NoPropFM(
+        block, emb, head, sigma=m.fm_sigma, inference_steps=m.inference_steps, solver=m.solver
+    )
+
+
+def build_adjoint(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) -> Method:
+    emb, head = build_embedding_and_head(cfg, in_shape, num_classes, train_x, train_y)
+    m = cfg.method
+    block = build_ct_block(cfg.model.block, in_shape, emb.dim, num_classes)
+    return Adjoint(
+        block,
+        emb,
+        head,
+        adjoint_steps=m.adjoint_steps,
+        inference_steps=m.inference_steps,
+        solver=m.solver,
+    )
+
+
+METHODS: dict[str, Builder] = {
+    "dt": build_dt,
+    "backprop": build_backprop,
+    "ct": build_ct,
+    "fm": build_fm,
+    "adjoint": build_adjoint,
+}
 
 
 def build_method(
@@ -78,4 +124,13 @@ def build_method(
     return METHODS[name](cfg, tuple(in_shape), num_classes, train_x, train_y)
 
 
-__all__ = ["METHODS", "Backprop", "Method", "NoPropDT", "build_method"]
+__all__ = [
+    "METHODS",
+    "Adjoint",
+    "Backprop",
+    "Method",
+    "NoPropCT",
+    "NoPropDT",
+    "NoPropFM",
+    "build_method",
+]

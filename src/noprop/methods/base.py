@@ -11,6 +11,7 @@ Legend: x input (B, ...), y labels (B,), z noised label embedding (B, d), W = W_
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..models.embeddings import ClassEmbedding
@@ -21,6 +22,9 @@ class Method(nn.Module):
 
     name: str = "base"
     default_optimizer: str = "adamw"
+    #: True for methods integrating over t ∈ [0, 1] (ct, fm, adjoint); their ``predict_steps`` also
+    #: takes ``steps`` and ``solver`` (see :class:`ContinuousTimeMethod`). Discrete methods ignore both.
+    continuous_time: bool = False
 
     def __init__(self, embedding: ClassEmbedding, head: nn.Module) -> None:
         super().__init__()
@@ -54,8 +58,46 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Class logits read out after every inference step, shape (S, B, m); the last is the prediction."""
+        """Class logits read out after every inference step, shape (S, B, m); the last is the prediction.
+
+        Continuous-time methods accept ``steps`` and ``solver`` keywords as well (defaults: the config's
+        ``--inference-steps`` / ``--solver``) and report S ≤ 11 evenly spaced grid points incl. the last.
+        """
         raise NotImplementedError
 
     def predict(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
         return self.predict_steps(x, deterministic=deterministic)[-1]
+
+
+class ContinuousTimeMethod(Method):
+    """Shared inference plumbing of CT, FM and the adjoint baseline (one network for all t ∈ [0, 1]).
+
+    ``inference_steps`` and ``solver`` are the defaults of :meth:`predict_steps`; plain attributes, so
+    an evaluation sweep may set them (see training/steps_sweep.py).
+    """
+
+    continuous_time = True
+
+    def __init__(
+        self, embedding: ClassEmbedding, head: nn.Module, *, inference_steps: int, solver: str
+    ) -> None:
+        super().__init__(embedding, head)
+        self.inference_steps = inference_steps
+        self.solver = solver
+
+    def inference_options(self, steps: int | None, solver: str | None) -> tuple[int, str]:
+        """(steps, solver) with None replaced by the defaults; ConfigError for bad values."""
+        from ..solvers import check_solver, record_indices
+
+        steps = self.inference_steps if steps is None else steps
+        solver = self.solver if solver is None else solver
+        record_indices(steps)  # validates steps >= 1
+        check_solver(solver, allow_stochastic=self.name == "ct")
+        return steps, solver
+
+    def initial_z(self, x: Tensor, deterministic: bool) -> Tensor:
+        """z_0 ~ N(0, I), or its mode z_0 = 0 when ``deterministic``; shape (B, d)."""
+        shape = (x.shape[0], self.embedding.dim)
+        if deterministic:
+            return x.new_zeros(shape)
+        return torch.randn(shape, device=x.device, dtype=x.dtype)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .dropout import FastDropout
 
 HIDDEN = 256
 
@@ -32,14 +33,14 @@ def conv_stack(in_channels: int, dropout: float = 0.2) -> nn.Sequential:
         nn.Conv2d(in_channels, 32, 3),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Dropout(dropout),
+        FastDropout(dropout),
         nn.Conv2d(32, 64, 3),
         nn.ReLU(),
-        nn.Dropout(dropout),
+        FastDropout(dropout),
         nn.Conv2d(64, 128, 3),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Dropout(dropout),
+        FastDropout(dropout),
         nn.Flatten(),
     )
 

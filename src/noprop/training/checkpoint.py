@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -21,12 +22,22 @@ import torch
 from ..errors import CheckpointError
 
 FORMAT_VERSION = 1
+TMP_MARKER = ".tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary sibling ``atomic_write`` writes first (``.NAME.tmp-PID``)."""
+    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via ``write(fileobj)`` so that it is either the old or the complete new file."""
+    """Write ``path`` via ``write(fileobj)`` so that it is either the old or the complete new file.
+
+    A process killed at any point leaves either the old file or the new one at ``path`` (plus, at
+    worst, a stale ``.NAME.tmp-PID`` sibling, which :meth:`RunDir.remove_stale_temp_files` deletes).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -48,12 +59,37 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomically save ``payload`` (plus the format version) with ``torch.save``."""
+def save_checkpoint(
+    path: Path, payload: dict[str, Any], *, mid_write: Callable[[], None] | None = None
+) -> None:
+    """Atomically save ``payload`` (plus the format version) with ``torch.save``.
+
+    ``mid_write`` (a test hook) is called when half of the temporary file has been written.
+    """
     payload = {"format_version": FORMAT_VERSION, **payload}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+    def write(f: IO[bytes]) -> None:
+        data = buf.getbuffer()
+        if mid_write is None:
+            f.write(data)
+            return
+        half = len(data) // 2
+        f.write(data[:half])
+        f.flush()
+        mid_write()
+        f.write(data[half:])
+
+    atomic_write(path, write)
+
+
+def _unpickling_detail(e: BaseException) -> str:
+    """The informative line of torch's multi-line weights-only error (what was refused)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    boiler = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    useful = [ln for ln in lines if not ln.startswith(boiler)]
+    return ((useful or lines or [type(e).__name__])[0])[:160]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -62,15 +98,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a 2nd stderr line
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain-tensor checkpoint ({first[:160]})"
+            f"refusing to load {path}: it holds pickled objects other than tensors, numbers, "
+            f"strings, lists and dicts ({_unpickling_detail(e)}); nothing in it was executed"
         ) from None
     except Exception as e:  # truncated zip, garbage bytes, ...
+        detail = " ".join(str(e).split()).split(". ")[0][:200]  # torch appends long advice
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {e}"[:300]
+            f"cannot read checkpoint {path} (truncated or corrupt?): {type(e).__name__}: {detail}"
         ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointError(f"{path} is not a noprop checkpoint (no format_version)")

@@ -1,13 +1,33 @@
 """End-to-end runs: ``train`` (new or resumed) and ``evaluate_run`` over a run directory.
 
 Bad input is rejected before anything is written: the config is validated, the output directory is
-checked, the data are loaded and the model is built, and only then is ``config.json`` written.
+checked (without creating it), the data are loaded and the model is built (and, on resume, the
+checkpoint is loaded and checked against the run), and only then is the directory created and
+``config.json`` written.
+
+Crash safety: every epoch appends its ``metrics.jsonl`` record and then atomically replaces
+``checkpoint.pt``; a process killed at any point resumes (``--resume``) from the last completed epoch,
+losing at most the epoch in progress, with a continuous metrics history and, on CPU with the same seed
+and thread count, bit-identical weights. A run killed before its first checkpoint resumes from scratch.
+
+Divergence: a non-finite loss (detected by :meth:`Trainer.step`) or non-finite parameters at the end of
+an epoch stop the run with a :class:`~noprop.errors.DivergenceError` naming the block and the epoch;
+the checkpoint of the last good epoch is kept (nothing of the bad epoch is written).
+
+Test hook: ``$NOPROP_TEST_PAUSE_AT=POINT:EPOCH`` makes ``train`` print ``NOPROP_PAUSED POINT EPOCH``
+on stderr and sleep (to be killed) at that point: ``step`` (first step of the last block of that
+epoch), ``metrics`` (after the epoch's metrics record, before its checkpoint) or ``checkpoint``
+(halfway through writing the checkpoint's temporary file).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import platform
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +36,7 @@ import torch
 from .. import __version__
 from ..config import RunConfig
 from ..data import DataSplits, load_dataset
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
 from ..methods import build_method
 from ..methods.base import Method
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -61,6 +81,66 @@ def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
     return saved.replace(**allowed)
 
 
+PAUSE_ENV = "NOPROP_TEST_PAUSE_AT"
+PAUSE_POINTS = ("step", "metrics", "checkpoint")
+
+
+def _pause_point() -> tuple[str, int] | None:
+    """Parse ``$NOPROP_TEST_PAUSE_AT`` (``POINT[:EPOCH]``, EPOCH 1-based, default 1)."""
+    spec = os.environ.get(PAUSE_ENV, "")
+    if not spec:
+        return None
+    point, _, epoch = spec.partition(":")
+    if point not in PAUSE_POINTS or not (epoch or "1").isdigit():
+        raise ConfigError(f"${PAUSE_ENV} must be POINT[:EPOCH] with POINT in {PAUSE_POINTS}")
+    return point, int(epoch or 1)
+
+
+def _pause(point: str, epoch: int) -> None:
+    """Test hook: announce the point and wait to be killed."""
+    print(f"NOPROP_PAUSED {point} {epoch}", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(60)
+
+
+def _first_detail(e: BaseException) -> str:
+    """The most informative line of a (multi-line) torch error, shortened."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if not ln.endswith(":")), lines[0] if lines else "")
+    return (detail or type(e).__name__)[:200]
+
+
+def check_payload(run: RunDir, payload: dict[str, Any], cfg: RunConfig) -> None:
+    """A checkpoint must hold a trainer state and the config of ``run``'s ``config.json``.
+
+    Fields that may change on resume (:data:`RESUMABLE_OVERRIDES`) are not compared.
+    """
+    path = run.checkpoint_path
+    state = payload.get("trainer")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a noprop training checkpoint (no model state)")
+    try:
+        saved = RunConfig.from_dict(payload.get("config") or {}).flat()
+    except (NoPropError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} carries no valid run config") from None
+    current = cfg.flat()
+    for k, v in current.items():
+        if k not in RESUMABLE_OVERRIDES and saved.get(k) != v:
+            raise CheckpointError(
+                f"{path} was written with --{k.replace('_', '-')} {saved.get(k)!r} but "
+                f"{run.config_path} says {v!r}; the checkpoint is incompatible with this config"
+            )
+
+
+def _check_finite(method: Method, epoch: int) -> None:
+    """Raise DivergenceError if a parameter became NaN/inf (e.g. a finite loss with huge steps)."""
+    groups = [(f"block {u + 1}", method.unit_parameters(u)) for u in range(method.num_units)]
+    groups.append(("the shared parameters (head, embedding)", method.shared_parameters()))
+    for name, params in groups:
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise DivergenceError(f"parameters of {name} became NaN or infinite at epoch {epoch}")
+
+
 def train(
     cfg: RunConfig,
     out: str | Path,
@@ -71,19 +151,14 @@ def train(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a run into ``out`` (or continue it with ``resume``) and return ``summary.json``'s content."""
+    pause = _pause_point()
     run = RunDir(out)
     payload = None
     if resume:
         cfg = resume_config(run, overrides or {})
-        if not run.checkpoint_path.is_file():
-            raise CheckpointError(
-                f"--resume {run.path}: no completed epoch to resume from (no checkpoint)"
-            )
-        payload = load_checkpoint(run.checkpoint_path)
-        if payload.get("config") != RunConfig.from_dict(run.read_config()).to_dict():
-            raise CheckpointError(
-                f"{run.checkpoint_path} was written by a different config than config.json"
-            )
+        if run.checkpoint_path.exists():  # else: killed before the first epoch ended; start over
+            payload = load_checkpoint(run.checkpoint_path)
+            check_payload(run, payload, RunConfig.from_dict(run.read_config()))
     else:
         run.check_writable(overwrite=overwrite, config=cfg.to_dict())
     device = pick_device(cfg.train.device)
@@ -93,23 +168,54 @@ def train(
     if payload is not None:
         try:
             trainer.load_state_dict(_to_device(payload["trainer"], device))
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(
-                f"checkpoint does not match the run's model: {str(e).splitlines()[0]}"
+                f"{run.checkpoint_path} does not match the run's model: {_first_detail(e)}"
             ) from None
+    if resume:
         run.truncate_metrics(trainer.state.epoch)
+        run.remove_stale_temp_files()
     else:
         run.start(cfg.to_dict(), overwrite=overwrite)
     saved_config = (RunConfig.from_dict(run.read_config())).to_dict()
+    saved_epoch = [trainer.state.epoch]  # the epoch checkpoint.pt holds
+
+    if pause is not None and pause[0] == "step":
+        inner_step = trainer.step
+
+        def step(x: torch.Tensor, y: torch.Tensor, unit: int) -> dict[str, torch.Tensor]:
+            if trainer.state.epoch + 1 == pause[1] and unit == trainer.method.num_units - 1:
+                _pause("step", pause[1])
+            return inner_step(x, y, unit)
+
+        trainer.step = step  # type: ignore[method-assign]
 
     def on_epoch(tr: Trainer, record: dict[str, Any]) -> None:
+        _check_finite(tr.method, record["epoch"])
         run.append_metrics(record)
+        if pause == ("metrics", record["epoch"]):
+            _pause("metrics", record["epoch"])
+        mid_write = None
+        if pause == ("checkpoint", record["epoch"]):
+            mid_write = functools.partial(_pause, "checkpoint", record["epoch"])
         save_checkpoint(
             run.checkpoint_path,
             {"config": saved_config, "noprop_version": __version__, "trainer": tr.state_dict()},
+            mid_write=mid_write,
         )
+        saved_epoch[0] = record["epoch"]
 
-    trainer.fit(data.train, data.val, on_epoch)
+    try:
+        trainer.fit(data.train, data.val, on_epoch)
+    except DivergenceError as e:
+        last = saved_epoch[0]
+        kept = (
+            f"the checkpoint of epoch {last} is kept in {run.checkpoint_path}"
+            if last
+            else "no epoch completed, so there is no checkpoint"
+        )
+        message = str(e).removesuffix("; the last good checkpoint is kept")
+        raise DivergenceError(f"training diverged: {message}; {kept}; try a smaller --lr") from None
     summary = final_summary(trainer, data, cfg, device)
     run.write_summary(summary)
     return summary
@@ -169,15 +275,16 @@ def load_run(
     run = RunDir(run_dir)
     cfg = RunConfig.from_dict(run.read_config())
     payload = load_checkpoint(run.checkpoint_path)
+    check_payload(run, payload, cfg)
     dev = pick_device(device)
     data = load_data(cfg)
     method = build_for_data(cfg, data).to(dev)
     state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
     try:
         method.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(
-            f"checkpoint does not match the run's model: {str(e).splitlines()[0]}"
+            f"{run.checkpoint_path} does not match the run's model: {_first_detail(e)}"
         ) from None
     return method, cfg, data, dev
 

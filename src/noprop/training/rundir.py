@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import atomic_write, atomic_write_json
+from .checkpoint import TMP_MARKER, atomic_write, atomic_write_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "config.json",
@@ -47,6 +47,8 @@ class RunDir:
         return self.config_path.is_file()
 
     def read_config(self) -> dict[str, Any]:
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such run directory")
         if not self.is_run():
             raise CheckpointError(f"{self.path} is not a noprop run directory (no {CONFIG})")
         try:
@@ -55,29 +57,68 @@ class RunDir:
             raise CheckpointError(f"cannot read {self.config_path}: {e}") from None
 
     def check_writable(self, *, overwrite: bool, config: dict[str, Any]) -> None:
-        """Refuse to reuse a directory holding another run (unless ``overwrite``); probe writability."""
+        """Refuse to reuse a directory holding another run (unless ``overwrite``) or an unwritable
+        location. Writes nothing: the directory is only created by :meth:`start`."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out {self.path} exists and is not a directory")
-        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
-            what = "a different run" if self.is_run() and self.read_config() != config else "files"
+        try:
+            occupied = self.path.is_dir() and any(self.path.iterdir())
+        except OSError as e:
+            raise ConfigError(f"cannot read --out {self.path}: {e.strerror or e}") from None
+        if occupied and not overwrite:
+            if not self.is_run():
+                raise ConfigError(
+                    f"--out {self.path} already holds files that are not a noprop run; choose "
+                    "another --out or use --overwrite to write the run there anyway"
+                )
+            try:
+                same = self.read_config() == config
+            except CheckpointError:
+                same = False
+            what = "a run with the same config" if same else "a different run"
             raise ConfigError(
                 f"--out {self.path} already holds {what}; use --resume {self.path} to continue it "
                 "or --overwrite to replace it"
             )
+        # The nearest existing ancestor must be a directory we may write into.
+        parent = self.path
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"cannot write to --out {self.path}: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write to --out {self.path}: permission denied on {parent}")
+
+    def start(self, config: dict[str, Any], *, overwrite: bool) -> None:
+        """Create the directory (removing what this method created if it turns out unwritable),
+        clear an overwritten run's files and write ``config.json``."""
+        self.check_writable(overwrite=overwrite, config=config)
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
+            for p in created:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
             raise ConfigError(f"cannot write to --out {self.path}: {e.strerror or e}") from None
-
-    def start(self, config: dict[str, Any], *, overwrite: bool) -> None:
-        self.check_writable(overwrite=overwrite, config=config)
         if overwrite:
             for name in (METRICS, CHECKPOINT, SUMMARY):
                 (self.path / name).unlink(missing_ok=True)
+        self.remove_stale_temp_files()
         atomic_write_json(self.config_path, config)
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete ``.NAME.tmp-PID`` files left by a process killed inside :func:`atomic_write`."""
+        for name in (CONFIG, METRICS, CHECKPOINT, SUMMARY):
+            for stale in self.path.glob(f".{name}{TMP_MARKER}*"):
+                stale.unlink(missing_ok=True)
+        for stale in self.path.glob(".write-probe-*"):
+            stale.unlink(missing_ok=True)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:

