@@ -45,7 +45,7 @@ from .trainer import Trainer, evaluate, pick_device
 
 # Flags that may differ between the original run and ``--resume`` without changing the experiment.
 RESUMABLE_OVERRIDES = frozenset(
-    {"epochs", "device", "patience", "eval_batch_size", "data_dir", "download"}
+    {"epochs", "device", "patience", "eval_batch_size", "data_dir", "download", "channels_last"}
 )
 
 
