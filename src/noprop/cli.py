@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
+    bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
+    from .bench import efficiency
+
+    efficiency.add_arguments(
+        bench_sub.add_parser("efficiency", help="NoProp vs back-prop: time, memory, FLOP/s")
+    )
+    from . import plots
+    from .bench import reproduce
+
+    reproduce.add_arguments(bench_sub.add_parser("reproduce", help=reproduce.HELP_TEXT))
+    plots.add_arguments(sub.add_parser("plot", help=plots.HELP_TEXT))
     return p
 
 
@@ -169,7 +181,20 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval}
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from .bench import efficiency, reproduce
+
+    handlers = {"efficiency": efficiency.main_bench, "reproduce": reproduce.cmd_reproduce}
+    return handlers[ns.bench_command](ns)
+
+
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from .plots import cmd_plot as plot
+
+    return plot(ns)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
 
 
 def _one_line(e: BaseException) -> str:

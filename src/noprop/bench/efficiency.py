@@ -1,0 +1,317 @@
+"""``noprop bench efficiency``: NoProp vs its back-prop twin (and CT/FM vs adjoint) on one machine.
+
+Each method runs in a fresh subprocess (``python -m noprop.bench.efficiency --worker ...``) so its
+memory figures are clean. A worker loads the data, records its baseline memory, builds the method and
+trainer, then times ``--max-batches`` training steps and an inference pass, and reports:
+
+* ``train_seconds_per_step`` and from it ``epoch_seconds`` = steps per epoch × seconds per step, where
+  a DT epoch is T passes of one-block steps (Algorithm 1) and a back-prop epoch one pass of T-block steps;
+* ``train_samples_per_s`` = training examples per epoch / epoch_seconds (comparable across methods) and
+  ``block_steps_per_s`` (one block processing one mini-batch forward and backward);
+* ``inference_samples_per_s`` (default inference, batches of ``eval_batch_size``);
+* ``peak_train_memory_bytes``: CUDA ``max_memory_allocated`` during training; on CPU the peak RSS
+  (VmHWM, reset through /proc/self/clear_refs once the data are loaded) minus the RSS at that point;
+  with the breakdown parameters / gradients / optimiser state / the rest (activations, workspace);
+* ``flops_per_step`` counted with ``torch.utils.flop_counter.FlopCounterMode`` and the achieved FLOP/s.
+
+The parent also measures the machine's fp32 matmul FLOP/s (``machine_matmul_flops_per_s``) in the same
+run and writes the DT / back-prop time and memory ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import NoPropError
+
+PAIRS = (("dt", "backprop"), ("ct", "adjoint"), ("fm", "adjoint"))
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul throughput of this process's torch (best of three timings)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _optimizer_bytes(trainer) -> int:
+    opts = [*trainer.optimizers, trainer.shared_optimizer]
+    return sum(
+        _tensor_bytes(v for st in o.state.values() for v in st.values())
+        for o in opts
+        if o is not None
+    )
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one method in this process (see module docstring)."""
+    from ..config import make_config
+    from ..methods import build_method
+    from ..training.run import load_data
+    from ..training.trainer import Trainer, evaluate, pick_device
+
+    overrides = json.loads(args.overrides)
+    cfg = make_config(method=args.method, dataset=args.dataset, data_dir=args.data_dir, **overrides)
+    device = pick_device(args.device)
+    data = load_data(cfg)
+    x, y = data.train
+    if (
+        cfg.train.channels_last and x.dim() == 4
+    ):  # the layout copy belongs to the data, not training
+        x = x.contiguous(memory_format=torch.channels_last)
+    cuda = device.type == "cuda"
+    baseline = _rss_bytes("VmRSS")
+    rss_reset = _reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    method = build_method(cfg, data.in_shape, data.num_classes, x, y)
+    trainer = Trainer(method, cfg, device, progress=False)
+    xd, yd = trainer.to_device(x), y.to(device)
+    units, bs = method.num_units, cfg.train.batch_size
+    gen = torch.Generator().manual_seed(0)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, x.shape[0], (bs,), generator=gen).to(device)
+        return xd[idx], yd[idx]
+
+    method.train()
+    for unit in range(units):  # warm-up: every unit once (allocates optimiser state)
+        trainer.step(*batch(), unit)
+    steps = args.max_batches
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        trainer.step(*batch(), i % units)
+    if cuda:
+        torch.cuda.synchronize(device)
+    sec_per_step = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.step(*batch(), 0)
+    flops_per_step = counter.get_total_flops()
+    n_test = min(args.eval_samples, data.test[0].shape[0])
+    xt, yt = trainer.to_device(data.test[0][:n_test]), data.test[1][:n_test].to(device)
+    start = time.perf_counter()
+    evaluate(method, xt, yt, cfg.train.eval_batch_size)
+    infer_s = time.perf_counter() - start
+    blocks_per_step = 1 if units > 1 else getattr(method, "T", 1)
+    steps_per_epoch = -(-x.shape[0] // bs) * units
+    epoch_seconds = steps_per_epoch * sec_per_step
+    params = list(method.parameters())
+    param_bytes = _tensor_bytes(params)
+    grad_bytes = param_bytes  # every parameter gets a gradient at some step (set_to_none between)
+    opt_bytes = _optimizer_bytes(trainer)
+    peak_train = peak - baseline
+    return {
+        "method": args.method,
+        "device": str(device),
+        "num_train": int(x.shape[0]),
+        "batch_size": bs,
+        "measured_steps": steps,
+        "train_seconds_per_step": sec_per_step,
+        "epoch_seconds": epoch_seconds,
+        "train_samples_per_s": x.shape[0] / epoch_seconds,
+        "block_steps_per_s": blocks_per_step / sec_per_step,
+        "inference_samples_per_s": n_test / infer_s,
+        "flops_per_step": flops_per_step,
+        "achieved_flops_per_s": flops_per_step / sec_per_step,
+        "peak_train_memory_bytes": int(peak_train),
+        "peak_rss_reset": rss_reset if not cuda else None,
+        "memory_breakdown_bytes": {
+            "parameters": param_bytes,
+            "gradients_upper_bound": grad_bytes,
+            "optimizer_state": opt_bytes,
+            "activations_and_other": int(peak_train - param_bytes - opt_bytes),
+        },
+        "params_per_block": method.params_per_block(),
+        "T": getattr(method, "T", None),
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+def run_worker(method: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "noprop.bench.efficiency", "--worker", "--method", method,
+        "--dataset", args.dataset, "--max-batches", str(args.max_batches),
+        "--device", args.device, "--eval-samples", str(args.eval_samples),
+        "--overrides", json.dumps(overrides),
+    ]  # fmt: skip
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise NoPropError(f"bench worker for {method} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for a, b in PAIRS:
+        if a in results and b in results:
+            ra, rb = results[a], results[b]
+            out[f"{a}_vs_{b}_time_ratio"] = ra["epoch_seconds"] / rb["epoch_seconds"]
+            out[f"{a}_vs_{b}_memory_ratio"] = ra["peak_train_memory_bytes"] / max(
+                rb["peak_train_memory_bytes"], 1
+            )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..methods import METHODS
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise NoPropError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+    overrides: dict[str, Any] = {}
+    if args.T is not None:
+        overrides["T"] = args.T
+    if args.max_train_samples is not None:
+        overrides["max_train_samples"] = args.max_train_samples
+    out: dict[str, Any] = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+        },
+        "machine_matmul_flops_per_s": matmul_flops_per_s(),
+        "dataset": args.dataset,
+        "max_batches": args.max_batches,
+        "methods": {},
+    }
+    for m in methods:
+        print(f"bench efficiency: measuring {m} ...", file=sys.stderr, flush=True)
+        out["methods"][m] = r = run_worker(m, args, overrides)
+        r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / out["machine_matmul_flops_per_s"]
+    out.update(ratios(out["methods"]))
+    if args.memory_vs_T:
+        out["memory_vs_T"] = memory_vs_T(args, [int(t) for t in args.memory_vs_T.split(",")])
+    return out
+
+
+def memory_vs_T(args: argparse.Namespace, Ts: list[int]) -> list[dict[str, Any]]:
+    """Peak training memory of DT and back-prop as the number of blocks grows."""
+    rows = []
+    short = argparse.Namespace(**{**vars(args), "max_batches": max(4, args.max_batches // 5)})
+    for T in Ts:
+        row: dict[str, Any] = {"T": T}
+        for m in ("dt", "backprop"):
+            r = run_worker(m, short, {"T": T})
+            row[f"{m}_peak_train_memory_bytes"] = r["peak_train_memory_bytes"]
+            row[f"{m}_parameter_bytes"] = r["memory_breakdown_bytes"]["parameters"]
+            row[f"{m}_activations_and_other_bytes"] = r["memory_breakdown_bytes"][
+                "activations_and_other"
+            ]
+        rows.append(row)
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"machine fp32 matmul: {result['machine_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s",
+        f"{'method':<10}{'epoch s':>10}{'samples/s':>11}{'blk-steps/s':>13}{'infer/s':>10}"
+        f"{'peak MiB':>10}{'GFLOP/s':>9}{'of peak':>9}",
+    ]
+    for m, r in result["methods"].items():
+        lines.append(
+            f"{m:<10}{r['epoch_seconds']:>10.1f}{r['train_samples_per_s']:>11.1f}"
+            f"{r['block_steps_per_s']:>13.2f}{r['inference_samples_per_s']:>10.1f}"
+            f"{r['peak_train_memory_bytes'] / 2**20:>10.1f}{r['achieved_flops_per_s'] / 1e9:>9.1f}"
+            f"{r['fraction_of_matmul_peak']:>9.0%}"
+        )
+    for k, v in result.items():
+        if k.endswith("_ratio"):
+            lines.append(f"{k}: {v:.3f}")
+    for row in result.get("memory_vs_T", []):
+        lines.append(
+            f"T={row['T']:<4} peak MiB: dt {row['dt_peak_train_memory_bytes'] / 2**20:.1f}, "
+            f"backprop {row['backprop_peak_train_memory_bytes'] / 2**20:.1f}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="dt,backprop", help="comma-separated methods to measure")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--max-batches", type=int, default=50, help="timed training steps per method")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--T", type=int, help="number of blocks (default: the method's default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--eval-samples", type=int, default=1000, help="test examples for the inference timing"
+    )
+    p.add_argument(
+        "--memory-vs-T", default="", help="also measure peak memory at these T, e.g. 10,20,40"
+    )
+    p.add_argument("--out", help="write the JSON result here")
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    if args.max_batches < 1:
+        raise NoPropError(f"--max-batches must be >= 1 (got {args.max_batches})")
+    result = run(args)
+    print(format_table(result))
+    if args.out:
+        from ..training.checkpoint import atomic_write_json
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out), result)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--method", default="dt")
+    parser.add_argument("--overrides", default="{}")
+    ns = parser.parse_args()
+    if ns.worker:
+        print(json.dumps(worker(ns)))
+    else:
+        sys.exit(main_bench(ns))
