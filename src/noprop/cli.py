@@ -39,6 +39,9 @@ HELP = {
     "optimizer": "auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam",
     "device": "auto, cpu, cuda, cuda:N",
     "patience": "stop after N epochs without a better validation accuracy",
+    "parallel": "none; blocks (DT, under torchrun: each rank trains its blocks); fused (DT, one "
+    "process, all blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)",
+    "dist_timeout_s": "seconds a rank waits for the others before the parallel run fails",
 }
 
 
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
-    bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce)")
+    bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce, parallel)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     from .bench import efficiency
 
@@ -119,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import reproduce
 
     reproduce.add_arguments(bench_sub.add_parser("reproduce", help=reproduce.HELP_TEXT))
+    from .bench import parallel
+
+    parallel.add_arguments(
+        bench_sub.add_parser("parallel", help="DT throughput: sequential, blocks, fused")
+    )
     plots.add_arguments(sub.add_parser("plot", help=plots.HELP_TEXT))
     return p
 
@@ -156,6 +164,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
             or f"runs/{cfg.method.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         summary = train(cfg, out, overwrite=ns.overwrite, progress=not ns.no_progress)
+    if not summary:  # a non-zero rank of a parallel run: rank 0 reports
+        return 0
     print(
         f"run {out}: val_accuracy {summary['val_accuracy']}, test_accuracy {summary['test_accuracy']:.4f} "
         f"(deterministic {summary['test_accuracy_deterministic']:.4f}), "
@@ -182,9 +192,13 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from .bench import efficiency, reproduce
+    from .bench import efficiency, parallel, reproduce
 
-    handlers = {"efficiency": efficiency.main_bench, "reproduce": reproduce.cmd_reproduce}
+    handlers = {
+        "efficiency": efficiency.main_bench,
+        "reproduce": reproduce.cmd_reproduce,
+        "parallel": parallel.main_bench,
+    }
     return handlers[ns.bench_command](ns)
 
 

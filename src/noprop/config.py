@@ -19,6 +19,9 @@ from .errors import ConfigError
 METHOD_NAMES = ("dt", "backprop", "ct", "fm", "adjoint")
 ORDERS = ("blocks", "interleaved")
 OPTIMIZERS = ("auto", "adamw", "adam")
+# --parallel (parallel/): none, block-parallel DT under torchrun, the fused vmap step of DT (one
+# process), data parallelism under torchrun (every method)
+PARALLEL_MODES = ("none", "blocks", "fused", "data")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -156,6 +159,8 @@ class TrainConfig:
     patience: int | None = None
     eval_batch_size: int = 1000
     channels_last: bool = True
+    parallel: str = "none"
+    dist_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -180,6 +185,11 @@ class TrainConfig:
             raise ConfigError(f"--patience must be >= 1 (got {self.patience})")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be >= 1 (got {self.eval_batch_size})")
+        if self.parallel not in PARALLEL_MODES:
+            raise ConfigError(
+                f"unknown --parallel {self.parallel!r}; choose one of {', '.join(PARALLEL_MODES)}"
+            )
+        _positive("dist-timeout-s", self.dist_timeout_s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +198,19 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        parallel, method = self.train.parallel, self.method.method
+        if parallel in ("blocks", "fused") and method != "dt":
+            raise ConfigError(
+                f"--parallel {parallel} splits NoProp-DT's T blocks, but --method {method} trains "
+                "one network; use --parallel data (or none)"
+            )
+        if parallel == "fused" and self.train.order != "interleaved":
+            raise ConfigError(
+                "--parallel fused trains every block on the same mini-batch, which is "
+                "--order interleaved; add --order interleaved"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

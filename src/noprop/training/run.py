@@ -15,9 +15,14 @@ an epoch stop the run with a :class:`~noprop.errors.DivergenceError` naming the 
 the checkpoint of the last good epoch is kept (nothing of the bad epoch is written).
 
 Test hook: ``$NOPROP_TEST_PAUSE_AT=POINT:EPOCH`` makes ``train`` print ``NOPROP_PAUSED POINT EPOCH``
-on stderr and sleep (to be killed) at that point: ``step`` (first step of the last block of that
+(followed by ``pid PID rank RANK``) on stderr and sleep (to be killed) at that point: ``step`` (first step of the last block of that
 epoch), ``metrics`` (after the epoch's metrics record, before its checkpoint) or ``checkpoint``
-(halfway through writing the checkpoint's temporary file).
+(halfway through writing the checkpoint's temporary file). ``POINT:EPOCH:RANK`` pauses only that rank
+of a parallel run.
+
+Parallel runs (``--parallel``, see noprop/parallel/): every rank validates, loads the data (local rank
+0 first, so a download happens once per machine), builds the model and reads the checkpoint; only rank
+0 writes the run directory, the metrics, the checkpoint and the summary.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from .trainer import Trainer, evaluate, pick_device
 # Flags that may differ between the original run and ``--resume`` without changing the experiment.
 RESUMABLE_OVERRIDES = frozenset(
     {"epochs", "device", "patience", "eval_batch_size", "data_dir", "download", "channels_last"}
+    # how the run is parallelised: the checkpoint format is the same for every mode (a learned
+    # W_Embed/head then follows a different, equally valid, update order after the switch)
+    | {"parallel", "dist_timeout_s"}
 )
 
 
@@ -86,19 +94,27 @@ PAUSE_POINTS = ("step", "metrics", "checkpoint")
 
 
 def _pause_point() -> tuple[str, int] | None:
-    """Parse ``$NOPROP_TEST_PAUSE_AT`` (``POINT[:EPOCH]``, EPOCH 1-based, default 1)."""
+    """Parse ``$NOPROP_TEST_PAUSE_AT`` (``POINT[:EPOCH[:RANK]]``, EPOCH 1-based, default 1).
+
+    With RANK, only that rank of a parallel run pauses (None is returned on the others)."""
     spec = os.environ.get(PAUSE_ENV, "")
     if not spec:
         return None
-    point, _, epoch = spec.partition(":")
-    if point not in PAUSE_POINTS or not (epoch or "1").isdigit():
-        raise ConfigError(f"${PAUSE_ENV} must be POINT[:EPOCH] with POINT in {PAUSE_POINTS}")
+    point, _, rest = spec.partition(":")
+    epoch, _, rank = rest.partition(":")
+    if point not in PAUSE_POINTS or not (epoch or "1").isdigit() or not (rank or "0").isdigit():
+        raise ConfigError(f"${PAUSE_ENV} must be POINT[:EPOCH[:RANK]] with POINT in {PAUSE_POINTS}")
+    if rank and rank != os.environ.get("RANK", "0"):
+        return None
     return point, int(epoch or 1)
 
 
 def _pause(point: str, epoch: int) -> None:
-    """Test hook: announce the point and wait to be killed."""
-    print(f"NOPROP_PAUSED {point} {epoch}", file=sys.stderr, flush=True)
+    """Test hook: announce the point (and this process) and wait to be killed."""
+    rank = os.environ.get("RANK", "0")
+    print(
+        f"NOPROP_PAUSED {point} {epoch} pid {os.getpid()} rank {rank}", file=sys.stderr, flush=True
+    )
     while True:
         time.sleep(60)
 
@@ -150,21 +166,40 @@ def train(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a run into ``out`` (or continue it with ``resume``) and return ``summary.json``'s content."""
-    pause = _pause_point()
+    """Train a run into ``out`` (or continue it with ``resume``) and return ``summary.json``'s content.
+
+    Under torchrun with ``--parallel blocks|data`` every rank calls this; rank 0 writes and returns
+    the summary, the other ranks return an empty dict."""
+    from ..parallel import parallel_context
+
     run = RunDir(out)
-    payload = None
     if resume:
         cfg = resume_config(run, overrides or {})
+    with parallel_context(cfg) as ctx:
+        return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train(
+    cfg: RunConfig, run: RunDir, ctx: Any, *, resume: bool, overwrite: bool, progress: bool
+) -> dict[str, Any]:
+    from ..parallel import build_trainer
+
+    pause = _pause_point()
+    is_main = ctx is None or ctx.is_main
+    payload = None
+    if resume:
         if run.checkpoint_path.exists():  # else: killed before the first epoch ended; start over
             payload = load_checkpoint(run.checkpoint_path)
             check_payload(run, payload, RunConfig.from_dict(run.read_config()))
     else:
         run.check_writable(overwrite=overwrite, config=cfg.to_dict())
-    device = pick_device(cfg.train.device)
-    data = load_data(cfg)
+    device = pick_device(cfg.train.device) if ctx is None else ctx.device
+    if ctx is None:
+        data = load_data(cfg)
+    else:
+        data = ctx.local_main_first(lambda: load_data(cfg), "to load the data")
     method = build_for_data(cfg, data)
-    trainer = Trainer(method, cfg, device, progress=progress)
+    trainer = build_trainer(method, cfg, device, ctx, progress=progress)
     if payload is not None:
         try:
             trainer.load_state_dict(_to_device(payload["trainer"], device))
@@ -172,12 +207,14 @@ def train(
             raise CheckpointError(
                 f"{run.checkpoint_path} does not match the run's model: {_first_detail(e)}"
             ) from None
-    if resume:
+    if ctx is not None:  # every rank has checked --out before rank 0 creates it
+        ctx.barrier("waiting for every rank to load the data and model")
+    if is_main and resume:
         run.truncate_metrics(trainer.state.epoch)
         run.remove_stale_temp_files()
-    else:
+    elif is_main:
         run.start(cfg.to_dict(), overwrite=overwrite)
-    saved_config = (RunConfig.from_dict(run.read_config())).to_dict()
+    saved_config = RunConfig.from_dict(run.read_config()).to_dict() if is_main else {}
     saved_epoch = [trainer.state.epoch]  # the epoch checkpoint.pt holds
 
     if pause is not None and pause[0] == "step":
@@ -192,6 +229,8 @@ def train(
 
     def on_epoch(tr: Trainer, record: dict[str, Any]) -> None:
         _check_finite(tr.method, record["epoch"])
+        if not is_main:
+            return
         run.append_metrics(record)
         if pause == ("metrics", record["epoch"]):
             _pause("metrics", record["epoch"])
@@ -216,6 +255,8 @@ def train(
         )
         message = str(e).removesuffix("; the last good checkpoint is kept")
         raise DivergenceError(f"training diverged: {message}; {kept}; try a smaller --lr") from None
+    if not is_main:
+        return {}
     summary = final_summary(trainer, data, cfg, device)
     run.write_summary(summary)
     return summary
@@ -263,6 +304,8 @@ def final_summary(
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "cpu": platform.processor() or platform.machine(),
         "num_threads": torch.get_num_threads(),
+        "parallel": cfg.train.parallel,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "torch_version": torch.__version__,
         "noprop_version": __version__,
     }

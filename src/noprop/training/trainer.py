@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +88,11 @@ class Trainer:
         device: torch.device,
         *,
         progress: bool = True,
+        units: Sequence[int] | None = None,
     ) -> None:
         self.method = method.to(device)
+        # the units this trainer steps (default all; a block-parallel rank trains its own, parallel/)
+        self.units = list(range(method.num_units)) if units is None else list(units)
         if cfg.train.channels_last:
             # NHWC is 1.2-1.4x faster for the Fig. 6 convolutions on CPU and 10x for max-pool
             self.method.to(memory_format=torch.channels_last)
@@ -140,9 +143,9 @@ class Trainer:
             )
 
     def _units_and_batches(self, n: int, epoch: int) -> Iterator[tuple[int, Tensor]]:
-        bs, seed, units = self.cfg.train.batch_size, self.cfg.train.seed, self.method.num_units
+        bs, seed, units = self.cfg.train.batch_size, self.cfg.train.seed, self.units
         if self.cfg.train.order == "blocks":
-            for unit in range(units):
+            for unit in units:
                 torch.manual_seed(derive_seed(seed, epoch, unit))
                 gen = torch.Generator().manual_seed(derive_seed(seed, epoch, unit))
                 for idx in batches(n, bs, gen):
@@ -151,11 +154,13 @@ class Trainer:
             torch.manual_seed(derive_seed(seed, epoch, -1))
             gen = torch.Generator().manual_seed(derive_seed(seed, epoch, -1))
             for idx in batches(n, bs, gen):
-                for unit in range(units):
+                for unit in units:
                     yield unit, idx
 
-    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, list[float]]:
-        """One epoch (``epoch`` is 0-based); returns the mean of each loss part per unit."""
+    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, list[float | None]]:
+        """One epoch (``epoch`` is 0-based); returns the mean of each loss part per unit (None for
+        a unit this trainer does not train). A ``None`` unit from ``_units_and_batches`` is an idle
+        step of a parallel rank (parallel/block_trainer.py): stepped, not counted."""
         from tqdm.auto import tqdm
 
         self.method.train()
@@ -164,7 +169,7 @@ class Trainer:
         sums: list[dict[str, Tensor]] = [{} for _ in range(units)]
         counts = [0] * units
         bar = tqdm(
-            total=per_pass * units,
+            total=per_pass * len(self.units),
             desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
             disable=not self.progress,
             leave=False,
@@ -173,16 +178,18 @@ class Trainer:
         for i, (unit, idx) in enumerate(self._units_and_batches(n, epoch)):
             idx = idx.to(self.device)
             parts = self.step(x[idx], y[idx], unit)
-            for k, v in parts.items():
-                sums[unit][k] = sums[unit].get(k, 0.0) + v
-            counts[unit] += 1
+            if unit is not None:
+                for k, v in parts.items():
+                    sums[unit][k] = sums[unit].get(k, 0.0) + v
+                counts[unit] += 1
             bar.update()
-            if self.progress and i % 50 == 0:
+            if self.progress and i % 50 == 0 and unit is not None:
                 bar.set_postfix(block=unit + 1, loss=f"{float(parts['loss']):.4f}")
         bar.close()
         keys = sorted({k for s in sums for k in s})
         return {
-            k: [float(s[k]) / max(c, 1) for s, c in zip(sums, counts, strict=True)] for k in keys
+            k: [float(s[k]) / c if c else None for s, c in zip(sums, counts, strict=True)]
+            for k in keys
         }
 
     # -------------------------------------------------------------- evaluation

@@ -1,0 +1,246 @@
+"""Fused all-blocks step (``--parallel fused``, one process): all T DT blocks on one mini-batch at once.
+
+The T blocks' parameters and buffers are stacked along a new leading dimension
+(``torch.func.stack_module_state``) and the block is evaluated once under ``torch.func.vmap`` through
+``functional_call`` on a parameter-free template: one batched kernel per layer for all T blocks instead
+of T launches (the input x is shared, so the first layer becomes one wide matmul/conv). vmap needs
+every block to have the same structure, which DT's builder guarantees; the trainer refuses otherwise.
+
+Optimiser: one AdamW over the stacked tensors. Adam(W) is elementwise — each entry's update depends only
+on its own gradient and moments, the step count and (lr, betas, eps, weight decay) — so one optimiser
+over (T, …) tensors is exactly T per-block optimisers whose step counts agree (they do: every block
+steps on every batch). Checkpoints are written in the sequential format (per-block modules, one
+optimiser state per unit), so ``noprop eval`` and ``--resume`` (fused or not) read them unchanged.
+
+Semantics: fused = ``--order interleaved`` (every block on the same batch), with the sequential
+trainer's noise draws reproduced unit by unit: for dropout-free blocks (``--block mlp``) the block
+weights, BN statistics and Adam moments equal the sequential interleaved run's up to float rounding
+(tested). The shared head/W_Embed take one step per batch on the mean of the T blocks' shared
+gradients (as block-parallel does with T ranks), not T steps, so they differ from the sequential run's;
+with one-hot W_Embed no block reads them, so the blocks are unaffected.
+
+BatchNorm under vmap: the stacked running mean/var/count are passed as *batched* buffers, so each
+block's BN normalises with its own batch statistics and updates its own slice of the stacked running
+statistics in place (functional_call writes in-place buffer updates through to the tensors passed in)
+— exactly what T separate BN layers do, and eval-mode inference afterwards uses correct per-block
+statistics (``replace_all_batch_norm_modules_`` is not used: it drops running stats, which inference
+needs). Dropout under vmap: ``randomness="different"`` gives every block its own mask, as T separate
+blocks would draw; the template's :class:`~noprop.models.dropout.FastDropout` (which queries the memory
+layout, unsupported under vmap) is replaced by ``nn.Dropout`` with the same p and the same inverted-
+dropout semantics. Masks differ from the sequential run's, so runs with dropout (the conv block) match
+the sequential trainer in distribution, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..config import RunConfig
+from ..errors import ConfigError, DivergenceError
+from ..methods.dt import NoPropDT
+from ..models.dropout import FastDropout
+from ..schedules import kl_prior
+from ..training.trainer import Trainer, batches, derive_seed, make_optimizer
+
+
+def vmap_safe(module: nn.Module) -> nn.Module:
+    """Replace FastDropout by nn.Dropout (same p) in ``module``, in place; returns it."""
+    for name, child in module.named_children():
+        if isinstance(child, FastDropout):
+            setattr(module, name, nn.Dropout(child.p))
+        else:
+            vmap_safe(child)
+    return module
+
+
+def check_same_structure(blocks: list[nn.Module]) -> None:
+    """vmap over stacked blocks needs identical parameter/buffer names and shapes."""
+
+    def signature(b: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+        return [(k, tuple(v.shape)) for k, v in b.state_dict().items()]
+
+    first = signature(blocks[0])
+    for t, b in enumerate(blocks[1:], start=2):
+        if signature(b) != first or type(b) is not type(blocks[0]):
+            raise ConfigError(
+                f"--parallel fused needs identical blocks; block {t} differs from block 1"
+            )
+
+
+class FusedTrainer(Trainer):
+    """Trains all T blocks of NoProp-DT per mini-batch in one vmapped step (module docstring)."""
+
+    def __init__(
+        self, method: NoPropDT, cfg: RunConfig, device: torch.device, *, progress: bool = True
+    ) -> None:
+        if not isinstance(method, NoPropDT):
+            raise ConfigError("--parallel fused needs --method dt")
+        super().__init__(method, cfg, device, progress=progress)
+        blocks = list(self.method.blocks)
+        check_same_structure(blocks)
+        self.template = vmap_safe(copy.deepcopy(blocks[0]).to("meta"))
+        self.params, self.buffers = self._stack()
+        t = cfg.train
+        opt = method.default_optimizer if t.optimizer == "auto" else t.optimizer
+        self.fused_optimizer = make_optimizer(opt, list(self.params.values()), t.lr, t.weight_decay)
+        self._logits = vmap(self._block_logits, in_dims=(0, 0, None, 0), randomness="different")
+
+    def _stack(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        params, buffers = stack_module_state(list(self.method.blocks))
+        params = {k: v.detach().contiguous().requires_grad_() for k, v in params.items()}
+        return params, {k: v.contiguous() for k, v in buffers.items()}
+
+    def _block_logits(
+        self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, z_prev: Tensor
+    ) -> Tensor:
+        return functional_call(self.template, (params, buffers), (x, z_prev))
+
+    def to_device(self, t: Tensor) -> Tensor:
+        return t.to(self.device)  # contiguous: vmap cannot query channels-last layouts
+
+    # ----------------------------------------------------------------- step
+    def fused_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Eq. 8 / Eq. 61 for every block t = 1..T on one batch; per-block losses, shape (T,).
+
+        Mirrors :meth:`NoPropDT.loss` (tests/test_parallel.py checks the two agree)."""
+        m, s = self.method, self.method.schedule
+        T, W = m.T, m.embedding.weight
+        # 1. u_y = W_Embed[y]
+        u_y = m.embedding(y)  # (B, d)
+        # noise in the sequential interleaved order: per block, ε for z_{t-1}, then ε for z_T
+        eps = [torch.randn(u_y.shape, device=u_y.device, dtype=u_y.dtype) for _ in range(2 * T)]
+        eps_prev, eps_T = torch.stack(eps[0::2]), torch.stack(eps[1::2])  # (T, B, d) each
+        # 2. z_{t-1} ~ q(z_{t-1} | y) for t = 1..T (Eq. 58)
+        ab_prev = s.alpha_bar[:T].view(T, 1, 1)
+        z_prev = ab_prev.sqrt() * u_y + (1 - ab_prev).sqrt() * eps_prev  # (T, B, d)
+        # 3. denoising L2 terms, all blocks in one vmapped call
+        logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
+        l2 = (logits.softmax(-1) @ W - u_y).pow(2).sum(-1).mean(-1)  # (T,)
+        weight = 0.5 * T * m.eta * s.snr_delta[1 : T + 1]  # (T,)
+        # 4. cross-entropy of the head on z_T ~ q(z_T | y), one sample per block
+        ab_T = s.alpha_bar[T]
+        z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T  # (T, B, d)
+        head_logits = m.head(z_T.reshape(-1, z_T.shape[-1]), W)  # (T·B, m)
+        ce = F.cross_entropy(head_logits, y.repeat(T), reduction="none").view(T, -1).mean(-1)
+        # 5. KL(q(z_0 | y) ‖ N(0, I))
+        kl = kl_prior(u_y, s.alpha_bar[0]).mean()
+        total = ce + kl + weight * l2  # (T,)
+        return total, {"loss": total.detach(), "l2": l2.detach(), "ce": ce.detach()}
+
+    def fused_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """One optimiser step of every block (and one of the shared parameters) on one batch."""
+        self.fused_optimizer.zero_grad(set_to_none=True)
+        shared = self.method.shared_parameters()
+        if self.shared_optimizer is not None:
+            self.shared_optimizer.zero_grad(set_to_none=True)
+        total, parts = self.fused_loss(x, y)
+        bad = (~torch.isfinite(total)).nonzero().flatten().tolist()
+        if bad:
+            self._diverged(bad, "loss")
+        # block t's parameters appear only in total[t-1], so each gets exactly its own gradient
+        total.sum().backward()
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        per_block = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).sum(0)  # (T,)
+        bad = (~torch.isfinite(per_block)).nonzero().flatten().tolist()
+        if bad:
+            self._diverged(bad, "gradient")
+        for p in shared:  # Σ_t → mean over the T blocks' shared gradients
+            if p.grad is not None:
+                p.grad /= self.method.T
+        self.fused_optimizer.step()
+        if self.shared_optimizer is not None:
+            self.shared_optimizer.step()
+        return parts
+
+    def _diverged(self, units: list[int], what: str) -> None:
+        blocks = ", ".join(str(u + 1) for u in units)
+        raise DivergenceError(
+            f"{what} became NaN or infinite in block {blocks} at epoch {self.state.epoch + 1}"
+        )
+
+    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, list[float | None]]:
+        """One epoch in interleaved order, seeded like the sequential trainer's interleaved pass."""
+        self.method.train()
+        self.template.train()
+        seed, bs = self.cfg.train.seed, self.cfg.train.batch_size
+        torch.manual_seed(derive_seed(seed, epoch, -1))
+        gen = torch.Generator().manual_seed(derive_seed(seed, epoch, -1))
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for idx in batches(x.shape[0], bs, gen):
+            idx = idx.to(self.device)
+            for k, v in self.fused_step(x[idx], y[idx]).items():
+                sums[k] = sums[k] + v if k in sums else v
+            count += 1
+        self.write_back()
+        return {k: (v / max(count, 1)).tolist() for k, v in sums.items()}
+
+    # ------------------------------------------------- sequential-format state
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the stacked parameters and buffers into the per-block modules."""
+        for t, block in enumerate(self.method.blocks):
+            for name, p in block.named_parameters():
+                p.copy_(self.params[name][t])
+            for name, b in block.named_buffers():
+                b.copy_(self.buffers[name][t])
+
+    def _unit_optimizer_states(self) -> list[dict[str, Any]]:
+        """The fused AdamW state split into the sequential trainer's per-unit state dicts."""
+        fused = self.fused_optimizer.state_dict()["state"]
+        out = []
+        for u, opt in enumerate(self.optimizers):
+            sd = opt.state_dict()  # param_groups with this unit's parameter indices, no state
+            sd["state"] = {
+                i: {
+                    k: v[u].clone() if torch.is_tensor(v) and v.dim() > 0 else v.clone()
+                    for k, v in st.items()
+                }
+                for i, st in fused.items()
+            }
+            out.append(sd)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        self.write_back()
+        sd = super().state_dict()
+        sd["optimizers"] = self._unit_optimizer_states()
+        return sd
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Load a sequential-format trainer state (fused or not) and restack it."""
+        super().load_state_dict(sd)
+        params, buffers = self._stack()
+        for name, v in params.items():
+            self.params[name].copy_(v)
+        for name, v in buffers.items():
+            self.buffers[name].copy_(v)
+        states = [o.state_dict()["state"] for o in self.optimizers]
+        if any(states) and not all(states):
+            raise ConfigError("cannot fuse: some blocks have optimiser state and others none")
+        if all(states):
+            steps = {float(st[0]["step"]) for st in states}
+            if len(steps) != 1:
+                raise ConfigError(
+                    f"cannot fuse: the blocks' optimisers have taken different numbers of steps "
+                    f"{sorted(steps)}; resume this run without --parallel fused"
+                )
+            fused = {
+                i: {
+                    k: torch.stack([st[i][k] for st in states]) if v.dim() > 0 else v.clone()
+                    for k, v in states[0][i].items()
+                }
+                for i in states[0]
+            }
+            opt_sd = self.fused_optimizer.state_dict()
+            opt_sd["state"] = fused
+            self.fused_optimizer.load_state_dict(opt_sd)
+        for opt in self.optimizers:  # their state now lives in the fused optimiser
+            opt.state.clear()
