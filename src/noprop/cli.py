@@ -39,6 +39,7 @@ HELP = {
     "optimizer": "auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam",
     "device": "auto, cpu, cuda, cuda:N",
     "patience": "stop after N epochs without a better validation accuracy",
+    "head_init": "readout (nearest-embedding read-out, default) or default (PyTorch uniform)",
     "parallel": "none; blocks (DT, under torchrun: each rank trains its blocks); fused (DT, one "
     "process, all blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)",
     "dist_timeout_s": "seconds a rank waits for the others before the parallel run fails",

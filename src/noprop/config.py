@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+HEAD_INITS = ("readout", "default")
 METHOD_NAMES = ("dt", "backprop", "ct", "fm", "adjoint")
 ORDERS = ("blocks", "interleaved")
 OPTIMIZERS = ("auto", "adamw", "adam")
@@ -65,6 +66,7 @@ class ModelConfig:
     block: str = "auto"
     head: str = "softmax"
     posterior_sigma: float = 0.1
+    head_init: str = "readout"
 
     def __post_init__(self) -> None:
         from .models import BLOCKS, EMBEDDINGS, HEADS
@@ -79,6 +81,10 @@ class ModelConfig:
         if self.embed_dim < 1:
             raise ConfigError(f"--embed-dim must be >= 1 (got {self.embed_dim})")
         _positive("posterior-sigma", self.posterior_sigma)
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(
+                f"unknown head_init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

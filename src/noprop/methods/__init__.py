@@ -41,7 +41,9 @@ def build_embedding_and_head(
         train_y=train_y,
         seed=cfg.train.seed,
     )
-    head = build_head(cfg.model.head, emb.weight, sigma=cfg.model.posterior_sigma)
+    head = build_head(
+        cfg.model.head, emb.weight, sigma=cfg.model.posterior_sigma, init=cfg.model.head_init
+    )
     return emb, head
 
 

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 HEADS = ("softmax", "posterior")
 
 
-def readout_linear(W: Tensor) -> nn.Linear:
+def readout_linear(W: Tensor, init: str = "readout") -> nn.Linear:
     """f_θout initialised as the nearest-embedding read-out ([I], the paper gives no init).
 
     logit_k = (⟨z, u_k⟩ − ½‖u_k‖²) / s = −‖z − u_k‖² / (2s) + const(z), with s = mean_k ‖u_k‖², so at
@@ -35,8 +35,10 @@ def readout_linear(W: Tensor) -> nn.Linear:
     """
     W = W.detach().float()
     m, d = W.shape
-    scale = W.pow(2).sum(-1).mean().clamp_min(1e-8)
     f = nn.Linear(d, m)
+    if init == "default":  # PyTorch's uniform init, for comparison (README: "slow start")
+        return f
+    scale = W.pow(2).sum(-1).mean().clamp_min(1e-8)
     with torch.no_grad():
         f.weight.copy_(W / scale)
         f.bias.copy_(-0.5 * W.pow(2).sum(-1) / scale)
@@ -46,9 +48,9 @@ def readout_linear(W: Tensor) -> nn.Linear:
 class SoftmaxHead(nn.Module):
     """p̂(y | z) = softmax(f_θout(z)) with f_θout linear (Eq. 14)."""
 
-    def __init__(self, W: Tensor) -> None:
+    def __init__(self, W: Tensor, init: str = "readout") -> None:
         super().__init__()
-        self.f_out = readout_linear(W)
+        self.f_out = readout_linear(W, init)
 
     def forward(self, z: Tensor, W: Tensor) -> Tensor:
         return self.f_out(z)
@@ -57,11 +59,11 @@ class SoftmaxHead(nn.Module):
 class PosteriorHead(nn.Module):
     """p̂(y | z) ∝ exp(−‖softmax(f_θout(z)) W − u_y‖² / (2σ²)) (Eqs. 15–16)."""
 
-    def __init__(self, W: Tensor, sigma: float = 0.1) -> None:
+    def __init__(self, W: Tensor, sigma: float = 0.1, init: str = "readout") -> None:
         super().__init__()
         if sigma <= 0:
             raise ConfigError(f"--posterior-sigma must be > 0 (got {sigma})")
-        self.f_out = readout_linear(W)
+        self.f_out = readout_linear(W, init)
         self.sigma = sigma
 
     def forward(self, z: Tensor, W: Tensor) -> Tensor:
@@ -70,10 +72,10 @@ class PosteriorHead(nn.Module):
         return -sq_dist / (2 * self.sigma**2)  # Eq. 16 (log-softmax of this is the posterior)
 
 
-def build_head(kind: str, W: Tensor, *, sigma: float = 0.1) -> nn.Module:
+def build_head(kind: str, W: Tensor, *, sigma: float = 0.1, init: str = "readout") -> nn.Module:
     """The head of the given kind, its f_θout initialised from W_Embed (m, d) (see readout_linear)."""
     if kind == "softmax":
-        return SoftmaxHead(W)
+        return SoftmaxHead(W, init)
     if kind == "posterior":
-        return PosteriorHead(W, sigma)
+        return PosteriorHead(W, sigma, init)
     raise ConfigError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
