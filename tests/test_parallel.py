@@ -228,7 +228,7 @@ PHASES = [
 ]
 
 
-def _spawned(rank: int, ports: list[int], out: str) -> None:
+def _spawned(rank: int, ports: list[int], out: str, data) -> None:
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     jobs = [(name, *job) for phase in PHASES for name, job in phase.items()]
@@ -238,9 +238,8 @@ def _spawned(rank: int, ports: list[int], out: str) -> None:
         job_rank, world = ranks.index(rank), len(ranks)
         env = dict(RANK=job_rank, WORLD_SIZE=world, LOCAL_RANK=job_rank, LOCAL_WORLD_SIZE=world)
         os.environ.update({k: str(v) for k, v in env.items()}, MASTER_PORT=str(port))
-        cfg = make_config(**{**overrides, "max_train_samples": 200}, epochs=1)
+        cfg = make_config(**overrides, epochs=1)
         with parallel_context(cfg) as ctx:
-            data = load_data(cfg)
             method = build_for_data(cfg, data)
             trainer = build_trainer(method, cfg, CPU, ctx, progress=False)
             trainer.fit(data.train, data.val)
@@ -259,7 +258,9 @@ def test_shared_parameters_identical_across_ranks_and_data_parallel(tmp_path):
     import torch.multiprocessing as mp
 
     jobs = {name: ranks for phase in PHASES for name, (ranks, _) in phase.items()}
-    mp.spawn(_spawned, args=([_free_port() for _ in jobs], str(tmp_path)), nprocs=4, join=True)
+    data = load_data(make_config(**TINY))  # once here: each rank would import scikit-learn
+    ports = [_free_port() for _ in jobs]
+    mp.spawn(_spawned, args=(ports, str(tmp_path), data), nprocs=4, join=True)
     for name, ranks in jobs.items():
         states = [
             torch.load(tmp_path / f"{name}-{r}.pt", weights_only=True) for r in range(len(ranks))
