@@ -103,3 +103,21 @@ def test_heads():
     torch.testing.assert_close(logits[:, 2], -((y_tilde - W[2]) ** 2).sum(-1) / 0.5)
     with pytest.raises(ConfigError):
         build_head("nope", W)
+
+
+def test_fast_dropout_keep_rate_is_uniform_over_positions():
+    from noprop.models.dropout import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(0.2)
+    x = torch.ones(400, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    out = drop(x)
+    kept = (out != 0).float()
+    assert kept.mean().item() == pytest.approx(0.8, abs=0.005)
+    # every position in the memory layout (mod 4 catches a reused or sign-extended random word)
+    flat = kept.permute(0, 2, 3, 1).reshape(-1)
+    for r in range(4):
+        assert flat[r::4].mean().item() == pytest.approx(0.8, abs=0.01)
+    assert out.sum().item() / x.sum().item() == pytest.approx(1.0, abs=0.01)  # unbiased
+    drop.eval()
+    assert torch.equal(drop(x), x)

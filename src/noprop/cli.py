@@ -39,6 +39,13 @@ HELP = {
     "optimizer": "auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam",
     "device": "auto, cpu, cuda, cuda:N",
     "patience": "stop after N epochs without a better validation accuracy",
+    "inference_steps": "ct/fm/adjoint: ODE/SDE steps at inference (the paper: 1000)",
+    "solver": "ct/fm/adjoint inference solver: euler, heun, midpoint, rk4, dopri5 ...; ct also ancestral",
+    "gamma_min": "ct: initial γ at the label end (learned schedule, App. B)",
+    "gamma_max": "ct: initial γ at the noise end",
+    "gamma_width": "ct: hidden width of the monotone γ network",
+    "fm_sigma": "fm: σ of the Gaussian probability path (Eq. 10)",
+    "adjoint_steps": "adjoint: fixed solver steps during training (the paper: 1000)",
     "head_init": "readout (nearest-embedding read-out, default) or default (PyTorch uniform)",
     "parallel": "none; blocks (DT, under torchrun: each rank trains its blocks); fused (DT, one "
     "process, all blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)",
@@ -112,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
+    e.add_argument(
+        "--steps",
+        help="ct/fm/adjoint: comma-separated inference step counts, e.g. 1,2,5,10,20,50,100,1000 "
+        "(prints accuracy and seconds per step count and solver; writes eval_steps.json)",
+    )
+    e.add_argument(
+        "--solver", help="ct/fm/adjoint: comma-separated solvers for --steps (default euler)"
+    )
     bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce, parallel)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
     from .bench import efficiency
@@ -180,6 +195,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     _set_threads(ns.threads)
     check_device(ns.device)
+    if ns.steps or ns.solver:
+        return _eval_steps(ns)
     r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device)
     mode = "deterministic" if r["deterministic"] else "stochastic"
     print(
@@ -189,6 +206,32 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     for t, acc in enumerate(r["accuracy_per_step"]):
         print(f"  t={t:<4d} {acc:.4f}")
     print(json.dumps({k: r[k] for k in ("test_accuracy", "test_accuracy_stderr", "runs")}))
+    return 0
+
+
+def _parse_list(text: str, flag: str, cast=str) -> list:
+    try:
+        items = [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise NoPropError(f"{flag} takes a comma-separated list (got {text!r})") from None
+    if not items:
+        raise NoPropError(f"{flag} is empty")
+    return items
+
+
+def _eval_steps(ns: argparse.Namespace) -> int:
+    from .training.run import RunDir
+    from .training.steps_sweep import sweep_steps
+
+    steps = _parse_list(ns.steps or "1000", "--steps", int)
+    if any(s < 1 for s in steps):
+        raise NoPropError(f"--steps must be positive integers (got {ns.steps})")
+    solvers = _parse_list(ns.solver or "euler", "--solver")
+    rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic)
+    print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
+    for r in rows:
+        print(f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{r['seconds']:>10.2f}")
+    print(f"written to {RunDir(ns.run_dir).path / 'eval_steps.json'}")
     return 0
 
 

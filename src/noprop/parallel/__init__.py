@@ -15,7 +15,7 @@ import torch
 from ..config import RunConfig
 from ..methods.base import Method
 from ..training.trainer import Trainer
-from .distributed import DistContext, DistributedError, is_main_process, parallel_context
+from .distributed import DistContext, DistributedError, parallel_context
 from .placement import BlockPlacement
 
 
@@ -44,6 +44,5 @@ __all__ = [
     "DistContext",
     "DistributedError",
     "build_trainer",
-    "is_main_process",
     "parallel_context",
 ]

@@ -37,11 +37,6 @@ class DistributedError(NoPropError):
     """Another rank died, hung past ``--dist-timeout-s``, or could not be reached."""
 
 
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a torchrun launch (cheap: reads ``$RANK`` only)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 @dataclass(frozen=True)
 class LaunchEnv:
     rank: int
