@@ -18,7 +18,6 @@ import sys
 import torch
 from torch import Tensor, nn
 
-
 # ``random_()`` fills int64 uniformly on [0, 2**63): the top 16-bit word has a constant sign bit, so
 # only the three low words of each draw are used (which ones are "low" depends on the byte order).
 _LOW_WORDS = [0, 1, 2] if sys.byteorder == "little" else [1, 2, 3]
