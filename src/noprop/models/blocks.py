@@ -111,7 +111,24 @@ def fusion_mlp(in_features: int, num_classes: int, *, batch_norm: bool) -> nn.Se
     )
 
 
-class ConvBlock(nn.Module):
+class TwoBranchBlock(nn.Module):
+    """image branch(x) ‖ label branch(z) → fusion MLP → logits; subclasses build the three parts."""
+
+    image: nn.Module
+    label: nn.Module
+    fusion: nn.Module
+
+    def encode_x(self, x: Tensor) -> Tensor:
+        return self.image(x)
+
+    def fuse(self, h_x: Tensor, z: Tensor) -> Tensor:
+        return self.fusion(torch.cat([h_x, self.label(z)], dim=1))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.fuse(self.encode_x(x), z)
+
+
+class ConvBlock(TwoBranchBlock):
     """The DT block of Figure 6 (left): image branch ‖ label branch → fusion MLP → m logits."""
 
     def __init__(self, in_shape: tuple[int, int, int], d: int, num_classes: int) -> None:
@@ -123,17 +140,8 @@ class ConvBlock(nn.Module):
             self.label = LabelBranch(d)
         self.fusion = fusion_mlp(2 * HIDDEN, num_classes, batch_norm=True)
 
-    def encode_x(self, x: Tensor) -> Tensor:
-        return self.image(x)
 
-    def fuse(self, h_x: Tensor, z: Tensor) -> Tensor:
-        return self.fusion(torch.cat([h_x, self.label(z)], dim=1))
-
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.fuse(self.encode_x(x), z)
-
-
-class MLPBlock(nn.Module):
+class MLPBlock(TwoBranchBlock):
     """A small DT block for flat or tiny inputs (e.g. 8×8 digits): the Fig. 6 layout with an MLP image
     branch FC(256)→BN→ReLU instead of the conv stack; label branch and fusion as in Fig. 6."""
 
@@ -144,15 +152,6 @@ class MLPBlock(nn.Module):
         )
         self.label = LabelBranch(d)
         self.fusion = fusion_mlp(2 * HIDDEN, num_classes, batch_norm=True)
-
-    def encode_x(self, x: Tensor) -> Tensor:
-        return self.image(x)
-
-    def fuse(self, h_x: Tensor, z: Tensor) -> Tensor:
-        return self.fusion(torch.cat([h_x, self.label(z)], dim=1))
-
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.fuse(self.encode_x(x), z)
 
 
 BLOCKS = ("auto", "conv", "mlp")
