@@ -13,7 +13,8 @@ subprocess (``python -m noprop.bench.parallel --worker MODE``), takes a warm-up 
 times ``--steps`` block-steps (block-parallel: ``--steps``/ranks per rank between two barriers; fused:
 ``--steps``/T fused steps). The JSON holds the three rates, their ratios, the per-step all-reduce
 bytes, the machine (CPU, cores, load average before/after: the machine may be shared) and the measured
-fp32 matmul FLOP/s with ``--cores`` threads as a named peak.
+fp32 matmul FLOP/s with ``--cores`` threads as a named peak. Workers run with
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see :data:`OMP_WAIT_POLICY`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from typing import Any
 from ..errors import NoPropError
 
 MODES = ("single", "blocks", "fused")
+# Spinning OpenMP threads collapse (measured 10x-100x slower) whenever another process holds one of
+# the cores, which on a shared machine would inflate the block-parallel speed-up: the multi-threaded
+# baselines run with passive waiting unless $OMP_WAIT_POLICY says otherwise (1-thread ranks do not care).
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 def _config(args: argparse.Namespace, mode: str):
@@ -130,6 +135,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env["OMP_NUM_THREADS"] = "1" if mode == "blocks" else str(args.cores)
+    env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     module = ["-m", "noprop.bench.parallel", "--worker", mode, *_worker_args(args)]
     if mode == "blocks":
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.cores}"]
@@ -190,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "embedding": args.embedding,
             "steps": args.steps,
             "cores": args.cores,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY),
         },
         "modes": results,
         "machine": {
