@@ -54,3 +54,28 @@ def test_backprop_twin_does_couple_blocks():
     loss, _ = method.loss(x, y, 0)
     grads = torch.autograd.grad(loss, [b.fusion[0].weight for b in method.blocks])
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_offload_blocks_trains_identically():
+    """--offload-blocks only moves blocks between devices; on CPU it must change nothing."""
+    from noprop.training.offload import BlockOffloader
+
+    results = []
+    for offload in (False, True):
+        method, cfg, (x, y) = tiny_method(offload_blocks=offload, epochs=1, seed=1)
+        trainer = Trainer(method, cfg, torch.device("cpu"), progress=False)
+        trainer.train_epoch(x, y, 0)
+        if offload:
+            assert isinstance(trainer.offloader, BlockOffloader)
+            assert trainer.offloader.active == method.num_units - 1
+        results.append({k: v.clone() for k, v in method.state_dict().items()})
+    for k in results[0]:
+        assert torch.equal(results[0][k], results[1][k]), k
+
+
+def test_offload_needs_block_order():
+    from noprop.config import make_config
+    from noprop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="offload"):
+        make_config(offload_blocks=True, order="interleaved")

@@ -46,6 +46,7 @@ HELP = {
     "gamma_width": "ct: hidden width of the monotone γ network",
     "fm_sigma": "fm: σ of the Gaussian probability path (Eq. 10)",
     "adjoint_steps": "adjoint: fixed solver steps during training (the paper: 1000)",
+    "offload_blocks": "dt, --order blocks: keep only the block being trained (and its optimiser state) on the GPU",
     "head_init": "readout (nearest-embedding read-out, default) or default (PyTorch uniform)",
     "parallel": "none; blocks (DT, under torchrun: each rank trains its blocks); fused (DT, one "
     "process, all blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)",

@@ -165,6 +165,7 @@ class TrainConfig:
     patience: int | None = None
     eval_batch_size: int = 1000
     channels_last: bool = True
+    offload_blocks: bool = False
     parallel: str = "none"
     dist_timeout_s: float = 300.0
 
@@ -211,6 +212,11 @@ class RunConfig:
             raise ConfigError(
                 f"--parallel {parallel} splits NoProp-DT's T blocks, but --method {method} trains "
                 "one network; use --parallel data (or none)"
+            )
+        if self.train.offload_blocks and (self.train.order != "blocks" or method != "dt"):
+            raise ConfigError(
+                "--offload-blocks keeps one NoProp-DT block on the accelerator at a time; it needs "
+                "--method dt and --order blocks"
             )
         if parallel == "fused" and self.train.order != "interleaved":
             raise ConfigError(

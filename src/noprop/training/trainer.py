@@ -110,6 +110,12 @@ class Trainer:
             make_optimizer(opt, shared, t.lr, t.weight_decay) if shared else None
         )
         self.state = TrainState()
+        self.offloader = None
+        if t.offload_blocks:
+            from .offload import BlockOffloader
+
+            units_modules = [method.unit_modules(u) for u in range(method.num_units)]
+            self.offloader = BlockOffloader(units_modules, self.optimizers, device)
         self.best_model: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ steps
@@ -146,6 +152,8 @@ class Trainer:
         bs, seed, units = self.cfg.train.batch_size, self.cfg.train.seed, self.units
         if self.cfg.train.order == "blocks":
             for unit in units:
+                if self.offloader is not None and unit is not None:
+                    self.offloader.activate(unit)
                 torch.manual_seed(derive_seed(seed, epoch, unit))
                 gen = torch.Generator().manual_seed(derive_seed(seed, epoch, unit))
                 for idx in batches(n, bs, gen):
@@ -198,7 +206,12 @@ class Trainer:
         self, x: Tensor, y: Tensor, *, deterministic: bool = False, seed: int = 0
     ) -> dict[str, Any]:
         """Accuracy of the final prediction and of the read-out after every inference step."""
-        return evaluate(self.method, x, y, self.cfg.train.eval_batch_size, deterministic, seed)
+        if self.offloader is not None:
+            self.offloader.gather()
+        result = evaluate(self.method, x, y, self.cfg.train.eval_batch_size, deterministic, seed)
+        if self.offloader is not None:
+            self.offloader.scatter()
+        return result
 
     def to_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device)
@@ -256,6 +269,8 @@ class Trainer:
                 and self.state.epoch - self.state.best_epoch >= cfg.patience
             ):
                 break
+        if self.offloader is not None:
+            self.offloader.gather()  # the caller evaluates and saves the whole model next
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
