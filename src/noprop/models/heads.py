@@ -11,6 +11,8 @@ Both heads map z (B, d) to class logits (B, m); ``W`` is W_Embed (m, d), used on
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -22,9 +24,11 @@ HEADS = ("softmax", "posterior")
 def readout_linear(W: Tensor, init: str = "readout") -> nn.Linear:
     """f_θout initialised as the nearest-embedding read-out ([I], the paper gives no init).
 
-    logit_k = (⟨z, u_k⟩ − ½‖u_k‖²) / s = −‖z − u_k‖² / (2s) + const(z), with s = mean_k ‖u_k‖², so at
-    initialisation argmax f_θout(z) is the class whose embedding is closest to z (FM's read-out) and
-    a clean u_y already scores ≈ 1 above the others for one-hot rows.
+    logit_k = κ(⟨z, u_k⟩ − ½‖u_k‖²) / s = −κ‖z − u_k‖² / (2s) + const(z), with s = mean_k ‖u_k‖², so at
+    initialisation argmax f_θout(z) is the class whose embedding is closest to z (FM's read-out). The
+    temperature κ = ln(9(m − 1)) makes a clean one-hot embedding score p̂(y | u_y) = 0.9: confident
+    enough that cross-entropy concentrates on the examples that are wrong, not so confident that the
+    head's own gradient vanishes.
 
     Why: with PyTorch's default uniform init the head maps the embedding corners to random classes,
     and some classes own no region of embedding space at all. The head learns only through
@@ -38,7 +42,7 @@ def readout_linear(W: Tensor, init: str = "readout") -> nn.Linear:
     f = nn.Linear(d, m)
     if init == "default":  # PyTorch's uniform init, for comparison (README: "slow start")
         return f
-    scale = W.pow(2).sum(-1).mean().clamp_min(1e-8)
+    scale = W.pow(2).sum(-1).mean().clamp_min(1e-8) / math.log(9 * max(m - 1, 1))
     with torch.no_grad():
         f.weight.copy_(W / scale)
         f.bias.copy_(-0.5 * W.pow(2).sum(-1) / scale)
