@@ -214,7 +214,7 @@ def test_ct_euler_step_is_the_ddim_update():
 
 
 def test_ct_probability_flow_solvers_agree_as_steps_grow():
-    method, (x, _) = tiny_ct("ct")
+    method, (x, _) = tiny_ct("ct", gamma_min=-5.0, gamma_max=5.0)  # tolerances calibrated at ±5
     method.eval()
     x = x[:16]
     reference = method.predict_steps(x, deterministic=True, steps=100, solver="rk4")[-1]
@@ -223,7 +223,8 @@ def test_ct_probability_flow_solvers_agree_as_steps_grow():
         out = method.predict_steps(x, deterministic=True, steps=steps, solver=solver)[-1]
         errors[solver, steps] = (out - reference).abs().max().item()
     assert errors["euler", 100] < errors["euler", 25] / 2, errors  # first order
-    assert max(errors["heun", 100], errors["dopri5", 1]) < 1e-3, errors
+    # (head logits scale with the read-out temperature ln(9(m-1)) ≈ 3.3 for m = 4)
+    assert max(errors["heun", 100], errors["dopri5", 1]) < 3e-3, errors
 
 
 @pytest.mark.parametrize("method_name", ["ct", "fm", "adjoint"])
@@ -339,9 +340,11 @@ def test_ct_few_steps_keep_accuracy_and_sweep_writes_json(digits_runs):
     """The known failure elsewhere: ≤ 20 steps collapse to chance. Here 1–2 steps stay near 20-step accuracy."""
     out, summary = digits_runs("ct")
     rows = sweep_steps(out, [1, 2, 5, 20], ["euler", "rk4", "ancestral"], device="cpu")
+    assert summary["test_accuracy"] >= 0.90
     assert [(r["solver"], r["steps"]) for r in rows[:4]] == [("euler", n) for n in (1, 2, 5, 20)]
     acc = {(r["solver"], r["steps"]): r["test_accuracy"] for r in rows}
-    assert acc[("euler", 20)] == pytest.approx(summary["test_accuracy"])  # same seed, same draws
+    # the summary used CT's default sampler (ancestral) at the run's 20 steps: same seed, same draws
+    assert acc[("ancestral", 20)] == pytest.approx(summary["test_accuracy"])
     assert min(acc[("euler", 2)], acc[("rk4", 1)], acc[("ancestral", 5)]) >= 0.85, acc
     assert min(acc.values()) >= 0.75, acc  # chance is 0.10
     saved = json.loads((out / "eval_steps.json").read_text())

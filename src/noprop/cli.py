@@ -40,7 +40,8 @@ HELP = {
     "device": "auto, cpu, cuda, cuda:N",
     "patience": "stop after N epochs without a better validation accuracy",
     "inference_steps": "ct/fm/adjoint: ODE/SDE steps at inference (the paper: 1000)",
-    "solver": "ct/fm/adjoint inference solver: euler, heun, midpoint, rk4, dopri5 ...; ct also ancestral",
+    "solver": "ct/fm/adjoint inference solver: euler, heun, midpoint, rk4, dopri5 ...; ct also ancestral "
+    "(default: ancestral for ct, euler for fm/adjoint)",
     "gamma_min": "ct: initial γ at the label end (learned schedule, App. B)",
     "gamma_max": "ct: initial γ at the noise end",
     "gamma_width": "ct: hidden width of the monotone γ network",

@@ -100,9 +100,9 @@ class MethodConfig:
     # is CT's stochastic a/b/c sampler), CT's learned schedule (schedules_ct.py: initial γ(1), γ(0),
     # hidden width of γ̃), FM's path noise σ, and the adjoint baseline's training grid.
     inference_steps: int = 1000
-    solver: str = "euler"
-    gamma_min: float = -5.0
-    gamma_max: float = 5.0
+    solver: str | None = None  # None: ancestral for ct, euler for fm/adjoint
+    gamma_min: float = -3.0
+    gamma_max: float = 3.0
     gamma_width: int = 64
     fm_sigma: float = 0.0
     adjoint_steps: int = 1000
@@ -132,7 +132,9 @@ class MethodConfig:
             raise ConfigError(f"--inference-steps must be >= 1 (got {self.inference_steps})")
         if self.adjoint_steps < 1:
             raise ConfigError(f"--adjoint-steps must be >= 1 (got {self.adjoint_steps})")
-        if self.solver not in SOLVER_NAMES:
+        if self.solver is None:
+            pass
+        elif self.solver not in SOLVER_NAMES:
             raise ConfigError(
                 f"unknown --solver {self.solver!r}; choose one of {', '.join(SOLVER_NAMES)}"
             )

@@ -23,12 +23,14 @@ Choices the paper leaves open ([I]):
   sigmoids' slopes (2..20) and centres (0..1) are drawn at random so they can reshape γ in training.
 * Endpoints: γ0 = ``gamma_min`` is a free parameter and γ1 = γ0 + softplus(gap), so γ1 > γ0 holds
   throughout training (a decreasing γ is what makes SNR′ > 0 and the loss weight positive).
-* Initial endpoints (``--gamma-min``/``--gamma-max``): −5 and 5, i.e. ᾱ_1 = 0.9933 (z_1 keeps noise of
-  std 0.08) and ᾱ_0 = 0.0067. Why not VDM's −13.3/5 or ±7: the denoising term of Eq. 9 is
+* Initial endpoints (``--gamma-min``/``--gamma-max``): −3 and 3, i.e. ᾱ_1 = 0.953 (z_1 keeps noise of
+  std 0.22) and ᾱ_0 = 0.047. Why not VDM's −13.3/5 or ±7: the denoising term of Eq. 9 is
   ½η∫SNR′(t)‖û − u_y‖² dt = ½η∫‖û − u_y‖² dSNR, so noise levels are weighted by dSNR and the low-SNR
   region, where û must be read from x because z_t is mostly noise, receives a share of about
   1/SNR(1) of the weight. A smaller SNR(1) trains that region faster: on digits (100 epochs, batch 32,
   seed 0) ±5 reached 0.942 test accuracy and ±7 0.933, and the endpoints still move in training.
+  On full MNIST (2 epochs, seed 0, Euler ODE sampler) the *validation* accuracy was 0.784 with ±5,
+  0.893 with ±3 and 0.882 with [−3, 8], so ±3 is the default (selected on validation, not test).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class LearnedSchedule(nn.Module):
     are cast to t's dtype, so float64 evaluation is exact to float64 precision.
     """
 
-    def __init__(self, *, gamma_min: float = -5.0, gamma_max: float = 5.0, width: int = 64) -> None:
+    def __init__(self, *, gamma_min: float = -3.0, gamma_max: float = 3.0, width: int = 64) -> None:
         super().__init__()
         if not gamma_min < gamma_max:
             raise ConfigError(

@@ -75,7 +75,13 @@ def build_ct(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) 
     schedule = LearnedSchedule(gamma_min=m.gamma_min, gamma_max=m.gamma_max, width=m.gamma_width)
     eta = 1.0 if m.eta is None else m.eta  # Table 3: η = 1 for CT
     return NoPropCT(
-        block, emb, head, schedule, eta=eta, inference_steps=m.inference_steps, solver=m.solver
+        block,
+        emb,
+        head,
+        schedule,
+        eta=eta,
+        inference_steps=m.inference_steps,
+        solver=m.solver or "ancestral",
     )
 
 
@@ -84,7 +90,12 @@ def build_fm(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) 
     m = cfg.method
     block = build_ct_block(cfg.model.block, in_shape, emb.dim, num_classes)
     return NoPropFM(
-        block, emb, head, sigma=m.fm_sigma, inference_steps=m.inference_steps, solver=m.solver
+        block,
+        emb,
+        head,
+        sigma=m.fm_sigma,
+        inference_steps=m.inference_steps,
+        solver=m.solver or "euler",
     )
 
 
@@ -98,7 +109,7 @@ def build_adjoint(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=N
         head,
         adjoint_steps=m.adjoint_steps,
         inference_steps=m.inference_steps,
-        solver=m.solver,
+        solver=m.solver or "euler",
     )
 
 

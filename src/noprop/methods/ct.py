@@ -19,7 +19,7 @@ Inference (``--solver``; [I], the paper only says "T = 1000 steps"):
   step count is stable. The grid is the paper's uniform t-grid t_k = k/N mapped to r_k; Euler on it is
   exactly the deterministic DDIM update between grid points, heun/rk4 are its higher-order versions.
   t(r) inverts the monotone schedule by interpolation on a dense table (exact at grid points).
-* ``ancestral``: the stochastic a/b/c discretisation (spec §2.4 "CT"): Eq. 3 on the t-grid with
+* ``ancestral`` (the default for CT): the stochastic a/b/c discretisation (spec §2.4 "CT"): Eq. 3 on the t-grid with
   ᾱ_{t−1} := ᾱ(t_{k−1}), ᾱ_t := ᾱ(t_k), computed in float64 by schedules.posterior_coefficients.
   a, b, c lie in [0, 1], so it is stable for any step count too.
 
