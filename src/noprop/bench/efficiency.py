@@ -275,7 +275,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="dt,backprop", help="comma-separated methods to measure")
+    p.add_argument(
+        "--methods", default="dt,backprop,ct,fm,adjoint", help="comma-separated methods to measure"
+    )
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-dir")
     p.add_argument("--max-batches", type=int, default=50, help="timed training steps per method")
