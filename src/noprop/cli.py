@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(prints accuracy and seconds per step count and solver; writes eval_steps.json)",
     )
     e.add_argument(
-        "--solver", help="ct/fm/adjoint: comma-separated solvers for --steps (default euler)"
+        "--solver",
+        help="ct/fm/adjoint: comma-separated solvers for --steps (default: the run's solver: "
+        "ancestral for ct, euler for fm/adjoint)",
     )
     bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce, parallel)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
@@ -228,7 +230,11 @@ def _eval_steps(ns: argparse.Namespace) -> int:
     steps = _parse_list(ns.steps or "1000", "--steps", int)
     if any(s < 1 for s in steps):
         raise NoPropError(f"--steps must be positive integers (got {ns.steps})")
-    solvers = _parse_list(ns.solver or "euler", "--solver")
+    if ns.solver is None:  # the run's own inference solver (CT: ancestral; FM/adjoint: euler)
+        method_cfg = RunDir(ns.run_dir).read_config().get("method", {})
+        default = "ancestral" if method_cfg.get("method") == "ct" else "euler"
+        ns.solver = method_cfg.get("solver") or default
+    solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic)
     print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
