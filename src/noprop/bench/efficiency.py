@@ -115,7 +115,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     method.train()
     for unit in range(units):  # warm-up: every unit once (allocates optimiser state)
         trainer.step(*batch(), unit)
-    steps = args.max_batches
+    # an adjoint step integrates the ODE forward and backward (seconds on CPU): a few suffice
+    steps = (
+        min(args.max_batches, args.adjoint_max_batches)
+        if args.method == "adjoint"
+        else args.max_batches
+    )
     if cuda:
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -127,9 +132,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        trainer.step(*batch(), 0)
-    flops_per_step = counter.get_total_flops()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.step(*batch(), 0)
+        flops_per_step: int | None = counter.get_total_flops()
+    except AssertionError:
+        # torchdiffeq's adjoint runs its backward ODE inside an autograd.Function, which the
+        # counter's tracing does not support; report no count rather than a wrong one
+        flops_per_step = None
     n_test = min(args.eval_samples, data.test[0].shape[0])
     xt, yt = trainer.to_device(data.test[0][:n_test]), data.test[1][:n_test].to(device)
     start = time.perf_counter()
@@ -155,7 +165,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "block_steps_per_s": blocks_per_step / sec_per_step,
         "inference_samples_per_s": n_test / infer_s,
         "flops_per_step": flops_per_step,
-        "achieved_flops_per_s": flops_per_step / sec_per_step,
+        "achieved_flops_per_s": None if flops_per_step is None else flops_per_step / sec_per_step,
         "peak_train_memory_bytes": int(peak_train),
         "peak_rss_reset": rss_reset if not cuda else None,
         "memory_breakdown_bytes": {
@@ -174,6 +184,7 @@ def run_worker(method: str, args: argparse.Namespace, overrides: dict[str, Any])
     cmd = [
         sys.executable, "-m", "noprop.bench.efficiency", "--worker", "--method", method,
         "--dataset", args.dataset, "--max-batches", str(args.max_batches),
+        "--adjoint-max-batches", str(args.adjoint_max_batches),
         "--device", args.device, "--eval-samples", str(args.eval_samples),
         "--overrides", json.dumps(overrides),
     ]  # fmt: skip
@@ -188,8 +199,9 @@ def run_worker(method: str, args: argparse.Namespace, overrides: dict[str, Any])
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
+    ok = {m for m, r in results.items() if "error" not in r}
     for a, b in PAIRS:
-        if a in results and b in results:
+        if a in ok and b in ok:
             ra, rb = results[a], results[b]
             out[f"{a}_vs_{b}_time_ratio"] = ra["epoch_seconds"] / rb["epoch_seconds"]
             out[f"{a}_vs_{b}_memory_ratio"] = ra["peak_train_memory_bytes"] / max(
@@ -225,8 +237,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for m in methods:
         print(f"bench efficiency: measuring {m} ...", file=sys.stderr, flush=True)
-        out["methods"][m] = r = run_worker(m, args, overrides)
-        r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / out["machine_matmul_flops_per_s"]
+        try:
+            out["methods"][m] = r = run_worker(m, args, overrides)
+        except NoPropError as e:  # keep the other methods' figures; say which one failed
+            out["methods"][m] = {"error": str(e)}
+            print(f"bench efficiency: {e}", file=sys.stderr, flush=True)
+            continue
+        achieved = r["achieved_flops_per_s"]
+        peak = out["machine_matmul_flops_per_s"]
+        r["fraction_of_matmul_peak"] = None if achieved is None else achieved / peak
     out.update(ratios(out["methods"]))
     if args.memory_vs_T:
         out["memory_vs_T"] = memory_vs_T(args, [int(t) for t in args.memory_vs_T.split(",")])
@@ -257,11 +276,19 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'peak MiB':>10}{'GFLOP/s':>9}{'of peak':>9}",
     ]
     for m, r in result["methods"].items():
+        if "error" in r:
+            lines.append(f"{m:<10}failed: {r['error']}")
+            continue
+        gflops = (
+            "n/a" if r["achieved_flops_per_s"] is None else f"{r['achieved_flops_per_s'] / 1e9:.1f}"
+        )
+        frac = (
+            "n/a" if r["fraction_of_matmul_peak"] is None else f"{r['fraction_of_matmul_peak']:.0%}"
+        )
         lines.append(
             f"{m:<10}{r['epoch_seconds']:>10.1f}{r['train_samples_per_s']:>11.1f}"
             f"{r['block_steps_per_s']:>13.2f}{r['inference_samples_per_s']:>10.1f}"
-            f"{r['peak_train_memory_bytes'] / 2**20:>10.1f}{r['achieved_flops_per_s'] / 1e9:>9.1f}"
-            f"{r['fraction_of_matmul_peak']:>9.0%}"
+            f"{r['peak_train_memory_bytes'] / 2**20:>10.1f}{gflops:>9}{frac:>9}"
         )
     for k, v in result.items():
         if k.endswith("_ratio"):
@@ -281,6 +308,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-dir")
     p.add_argument("--max-batches", type=int, default=50, help="timed training steps per method")
+    p.add_argument(
+        "--adjoint-max-batches", type=int, default=5, help="timed steps for adjoint (seconds each)"
+    )
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--T", type=int, help="number of blocks (default: the method's default)")
     p.add_argument("--device", default="auto")
