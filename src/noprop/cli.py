@@ -73,10 +73,13 @@ def _field_type(tp: Any) -> Any:
     return tp
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per config field; defaults are suppressed so we know which flags were given."""
+def add_config_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """One flag per config field (except ``skip``); defaults are suppressed so we know which flags
+    were given."""
     for section in SECTIONS:
         for f in dataclasses.fields(section):
+            if f.name in skip:
+                continue
             flag = "--" + f.name.replace("_", "-")
             tp = _field_type(f.type)
             default = f.default

@@ -477,8 +477,6 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``noprop bench reproduce`` (every train flag except --method/--embedding/--seed)."""
-    from ..cli import HELP, _field_type
-    from ..config import SECTIONS
 
     p.description = DESCRIPTION
     p.add_argument("--methods", default="dt,backprop", help="comma-separated (default dt,backprop)")
@@ -500,29 +498,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    for section in SECTIONS:  # every train flag except the grid axes
-        for f in dataclasses.fields(section):
-            if f.name in GRID_FIELDS:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            tp = _field_type(f.type)
-            if tp is bool:
-                p.add_argument(
-                    flag,
-                    dest=f.name,
-                    action=argparse.BooleanOptionalAction,
-                    default=argparse.SUPPRESS,
-                    help=HELP.get(f.name, ""),
-                )
-            else:
-                p.add_argument(
-                    flag,
-                    dest=f.name,
-                    type=tp,
-                    default=argparse.SUPPRESS,
-                    metavar=f.name.upper(),
-                    help=f"{HELP.get(f.name, '')} (default: {f.default})",
-                )
+    from ..cli import add_config_flags
+
+    add_config_flags(p, skip=frozenset(GRID_FIELDS))  # every train flag except the grid axes
     return p
 
 
