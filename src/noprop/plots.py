@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bench.reproduce import METHOD_LABELS
 from .errors import ConfigError, NoPropError
 
 CLASS_NAMES = {
@@ -54,13 +55,6 @@ CLASS_NAMES = {
         "bag",
         "ankle boot",
     ),
-}
-METHOD_LABELS = {
-    "backprop": "Backprop",
-    "dt": "NoProp-DT",
-    "adjoint": "Adjoint",
-    "ct": "NoProp-CT",
-    "fm": "NoProp-FM",
 }
 CONTINUOUS = ("ct", "fm", "adjoint")
 

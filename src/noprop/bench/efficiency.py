@@ -27,7 +27,6 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -326,14 +325,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main_bench(args: argparse.Namespace) -> int:
     if args.max_batches < 1:
         raise NoPropError(f"--max-batches must be >= 1 (got {args.max_batches})")
-    result = run(args)
-    print(format_table(result))
-    if args.out:
-        from ..training.checkpoint import atomic_write_json
+    from . import report
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out), result)
-    return 0
+    return report(run(args), args.out, format_table)
 
 
 if __name__ == "__main__":

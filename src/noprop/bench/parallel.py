@@ -244,14 +244,9 @@ def main_bench(args: argparse.Namespace) -> int:
             raise NoPropError(
                 f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})"
             )
-    result = run(args)
-    print(format_table(result))
-    if args.out:
-        from ..training.checkpoint import atomic_write_json
+    from . import report
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out), result)
-    return 0
+    return report(run(args), args.out, format_table)
 
 
 if __name__ == "__main__":
