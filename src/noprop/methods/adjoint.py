@@ -46,12 +46,8 @@ class Adjoint(ContinuousTimeMethod):
         inference_steps: int = 1000,
         solver: str = "euler",
     ) -> None:
-        super().__init__(embedding, head, inference_steps=inference_steps, solver=solver)
-        self.block = block
+        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
         self.adjoint_steps = adjoint_steps
-
-    def unit_modules(self, unit: int) -> list[torch.nn.Module]:
-        return [self.block]
 
     def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """f_θ(z, x, t) = logits·W_Embed from cached image features h_x."""

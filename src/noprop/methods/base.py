@@ -79,11 +79,21 @@ class ContinuousTimeMethod(Method):
     continuous_time = True
 
     def __init__(
-        self, embedding: ClassEmbedding, head: nn.Module, *, inference_steps: int, solver: str
+        self,
+        block: nn.Module,
+        embedding: ClassEmbedding,
+        head: nn.Module,
+        *,
+        inference_steps: int,
+        solver: str,
     ) -> None:
         super().__init__(embedding, head)
+        self.block = block  # the one network for every t: the single training unit
         self.inference_steps = inference_steps
         self.solver = solver
+
+    def unit_modules(self, unit: int) -> list[nn.Module]:
+        return [self.block]
 
     def inference_options(self, steps: int | None, solver: str | None) -> tuple[int, str]:
         """(steps, solver) with None replaced by the defaults; ConfigError for bad values."""

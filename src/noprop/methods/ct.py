@@ -65,13 +65,9 @@ class NoPropCT(ContinuousTimeMethod):
         inference_steps: int = 1000,
         solver: str = "euler",
     ) -> None:
-        super().__init__(embedding, head, inference_steps=inference_steps, solver=solver)
-        self.block = block
+        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
         self.schedule = schedule
         self.eta = eta
-
-    def unit_modules(self, unit: int) -> list[torch.nn.Module]:
-        return [self.block]
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """Head θ_out, a learned W_Embed and the schedule's ψ (all updated jointly, Algorithm 2)."""

@@ -47,12 +47,8 @@ class NoPropFM(ContinuousTimeMethod):
         inference_steps: int = 1000,
         solver: str = "euler",
     ) -> None:
-        super().__init__(embedding, head, inference_steps=inference_steps, solver=solver)
-        self.block = block
+        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
         self.sigma = sigma
-
-    def unit_modules(self, unit: int) -> list[torch.nn.Module]:
-        return [self.block]
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
