@@ -195,6 +195,38 @@ def test_fm_anchor_ce_only_with_learned_embeddings():
     assert learned.head.f_out.weight.grad is not None
 
 
+# ------------------------------------------------------- K (t, z_t) draws per image (t_samples)
+@pytest.mark.parametrize("method_name", ["ct", "fm"])
+def test_t_samples_share_one_image_pass_and_draw_independent_times(method_name):
+    method, (x, y) = tiny_ct(method_name, t_samples=5)
+    calls = []
+    method.block.image.register_forward_hook(lambda mod, inp, out: calls.append(out.shape[0]))
+    h_x, u_y, t = method.sample_times(method.block.encode_x(x), method.embedding(y))
+    assert h_x.shape[0] == u_y.shape[0] == t.shape[0] == 5 * x.shape[0]
+    B = x.shape[0]
+    for k in range(5):  # row k·B + i belongs to example i
+        assert torch.equal(u_y[k * B : (k + 1) * B], method.embedding(y))
+    assert t.unique().numel() == t.numel() and bool(((t >= 0) & (t < 1)).all())
+    calls.clear()
+    method.loss(x, y, 0)[0].backward()
+    assert calls == [B]  # the image branch ran once per image, not once per draw
+
+
+@pytest.mark.parametrize("method_name", ["ct", "fm"])
+def test_t_samples_keep_the_objective_and_cut_its_variance(method_name):
+    """Same expected loss (Eq. 9 / 11) with K = 1 and K = 8 draws; the K = 8 estimate varies less."""
+    one, (x, y) = tiny_ct(method_name, t_samples=1)
+    eight, _ = tiny_ct(method_name, t_samples=8)
+    eight.load_state_dict(one.state_dict())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        l1 = torch.stack([one.loss(x, y, 0)[0] for _ in range(1600)])
+        l8 = torch.stack([eight.loss(x, y, 0)[0] for _ in range(200)])
+    se = (l1.var() / l1.numel() + l8.var() / l8.numel()).sqrt()
+    assert (l1.mean() - l8.mean()).abs() < 4 * se, (l1.mean(), l8.mean(), se)
+    assert l8.std() < 0.6 * l1.std()  # 1/sqrt(8) = 0.35 for the t-dependent part
+
+
 # ------------------------------------------------------------------------ CT inference
 def test_ct_euler_step_is_the_ddim_update():
     """One Euler step in (r, y) = the exact DDIM update z_1 = sqrt(ᾱ_1) û + sqrt(1 − ᾱ_1) ε̂."""
@@ -295,6 +327,7 @@ def test_config_validation_and_eta_defaults():
         {"gamma_min": 5.0, "gamma_max": -5.0},
         {"fm_sigma": -0.1},
         {"gamma_width": 0},
+        {"t_samples": 0},
         {"eta": 0.0},
     ):
         with pytest.raises(ConfigError):

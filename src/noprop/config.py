@@ -105,6 +105,9 @@ class MethodConfig:
     gamma_max: float = 3.0
     gamma_width: int = 64
     fm_sigma: float = 0.0
+    # ct/fm: independent (t, z_t) draws per image in each training step, sharing its image features
+    # (ContinuousTimeMethod.sample_times); 8 chosen on MNIST validation accuracy (BENCHMARKS.md)
+    t_samples: int = 8
     adjoint_steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -150,6 +153,8 @@ class MethodConfig:
             )
         if self.gamma_width < 1:
             raise ConfigError(f"--gamma-width must be >= 1 (got {self.gamma_width})")
+        if self.t_samples < 1:
+            raise ConfigError(f"--t-samples must be >= 1 (got {self.t_samples})")
         if not (self.fm_sigma >= 0 and math.isfinite(self.fm_sigma)):
             raise ConfigError(f"--fm-sigma must be a finite number >= 0 (got {self.fm_sigma})")
 

@@ -82,6 +82,7 @@ def build_ct(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) 
         eta=eta,
         inference_steps=m.inference_steps,
         solver=m.solver or "ancestral",
+        t_samples=m.t_samples,
     )
 
 
@@ -96,6 +97,7 @@ def build_fm(cfg: RunConfig, in_shape, num_classes, train_x=None, train_y=None) 
         sigma=m.fm_sigma,
         inference_steps=m.inference_steps,
         solver=m.solver or "euler",
+        t_samples=m.t_samples,
     )
 
 

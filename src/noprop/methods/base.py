@@ -86,11 +86,13 @@ class ContinuousTimeMethod(Method):
         *,
         inference_steps: int,
         solver: str,
+        t_samples: int = 1,
     ) -> None:
         super().__init__(embedding, head)
         self.block = block  # the one network for every t: the single training unit
         self.inference_steps = inference_steps
         self.solver = solver
+        self.t_samples = t_samples
 
     def unit_modules(self, unit: int) -> list[nn.Module]:
         return [self.block]
@@ -104,6 +106,25 @@ class ContinuousTimeMethod(Method):
         record_indices(steps)  # validates steps >= 1
         check_solver(solver, allow_stochastic=self.name == "ct")
         return steps, solver
+
+    def sample_times(self, h_x: Tensor, u_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """K = ``t_samples`` independent t ~ U(0, 1) per example; h_x and u_y repeated to match.
+
+        The t-expectation of Eqs. 9 and 11 is estimated with K draws per example instead of one: the
+        objective and each t's distribution are unchanged (every row still has t ~ U(0, 1), i.i.d.),
+        the estimator's variance drops, and the image branch, which holds most of the block's FLOPs,
+        still runs once per image; only the cheap label/time/fusion layers run K times. [I]: the
+        paper draws one t per example (Algorithm 2); K = 1 reproduces that exactly.
+
+        Args:
+            h_x: image features (B, F); u_y: clean label embeddings (B, d).
+
+        Returns:
+            (h_x, u_y, t) of shapes (K·B, F), (K·B, d), (K·B,); row k·B + i belongs to example i.
+        """
+        if self.t_samples > 1:
+            h_x, u_y = h_x.repeat(self.t_samples, 1), u_y.repeat(self.t_samples, 1)
+        return h_x, u_y, torch.rand(u_y.shape[0], device=u_y.device)
 
     def initial_z(self, x: Tensor, deterministic: bool) -> Tensor:
         """z_0 ~ N(0, I), or its mode z_0 = 0 when ``deterministic``; shape (B, d)."""

@@ -64,8 +64,16 @@ class NoPropCT(ContinuousTimeMethod):
         eta: float = 1.0,
         inference_steps: int = 1000,
         solver: str = "euler",
+        t_samples: int = 1,
     ) -> None:
-        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
+        super().__init__(
+            block,
+            embedding,
+            head,
+            inference_steps=inference_steps,
+            solver=solver,
+            t_samples=t_samples,
+        )
         self.schedule = schedule
         self.eta = eta
 
@@ -80,13 +88,13 @@ class NoPropCT(ContinuousTimeMethod):
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 9 / Eq. 62 on one mini-batch (Algorithm 2)."""
         s, W = self.schedule, self.embedding.weight
-        # 1. u_y = W_Embed[y]; per-example t_i ~ U(0, 1)
+        # 1. u_y = W_Embed[y]; per-example t_i ~ U(0, 1), K = t_samples draws per example
         u_y = self.embedding(y)  # (B, d)
-        t = torch.rand(x.shape[0], device=x.device)  # (B,)
+        h_x, u_k, t = self.sample_times(self.block.encode_x(x), u_y)  # (KB, ·), t: (KB,)
         # 2. z_t ~ q(z_t | y) with ᾱ_t = σ(−γ_ψ(t)) (reparameterised, so ψ gets gradient)
-        z_t = s.sample_marginal(u_y, t)
-        # 3. denoising term ½ η SNR′(t) ‖û_θ(z_t, x, t) − u_y‖² (‖·‖² sums over d)
-        l2 = (self.u_hat(self.block.encode_x(x), z_t, t) - u_y).pow(2).sum(-1)  # (B,)
+        z_t = s.sample_marginal(u_k, t)
+        # 3. denoising term ½ η SNR′(t) ‖û_θ(z_t, x, t) − u_y‖² (‖·‖² sums over d), mean over KB
+        l2 = (self.u_hat(h_x, z_t, t) - u_k).pow(2).sum(-1)  # (KB,)
         denoise = (0.5 * self.eta * s.snr_prime(t) * l2).mean()
         # 4. cross-entropy of the head on z_1 ~ q(z_1 | y), ᾱ_1 = σ(−γ0)
         gamma_0, gamma_1 = s.gamma_endpoints()

@@ -46,8 +46,16 @@ class NoPropFM(ContinuousTimeMethod):
         sigma: float = 0.0,
         inference_steps: int = 1000,
         solver: str = "euler",
+        t_samples: int = 1,
     ) -> None:
-        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
+        super().__init__(
+            block,
+            embedding,
+            head,
+            inference_steps=inference_steps,
+            solver=solver,
+            t_samples=t_samples,
+        )
         self.sigma = sigma
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
@@ -60,23 +68,25 @@ class NoPropFM(ContinuousTimeMethod):
 
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 11 (+ Eq. 13 with a learned W_Embed) on one mini-batch (Algorithm 3)."""
-        # 1. z_1 = u_y, z_0 ~ N(0, I), t_i ~ U(0, 1)
-        u_y = self.embedding(y)  # (B, d)
+        # 1. z_1 = u_y, z_0 ~ N(0, I), t_i ~ U(0, 1), K = t_samples draws per example
+        h_x, u_y, t = self.sample_times(self.block.encode_x(x), self.embedding(y))  # (KB, ·)
         z_0 = torch.randn_like(u_y)
-        t = torch.rand(x.shape[0], 1, device=x.device)  # (B, 1)
+        t = t.unsqueeze(1)  # (KB, 1)
         # 2. z_t ~ N(t z_1 + (1 − t) z_0, σ²)  (Eq. 10)
         z_t = t * u_y + (1 - t) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * torch.randn_like(z_t)
         # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11)
-        v = self.v(self.block.encode_x(x), z_t, t.squeeze(1))
+        v = self.v(h_x, z_t, t.squeeze(1))
         fm = (v - (u_y - z_0)).pow(2).sum(-1).mean()
         parts = {"fm": fm.detach()}
         total = fm
         # 4. anchor CE on the extrapolated z̃_1 = z_t + (1 − t) v_θ when W_Embed is learned (Eqs. 12–13)
         if self.embedding.learnable:
             z1_tilde = z_t + (1 - t) * v
-            ce = F.cross_entropy(self.head(z1_tilde, self.embedding.weight), y)
+            ce = F.cross_entropy(
+                self.head(z1_tilde, self.embedding.weight), y.repeat(self.t_samples)
+            )
             total = total + ce
             parts["ce"] = ce.detach()
         return total, {"loss": total.detach(), **parts}
