@@ -46,6 +46,8 @@ HELP = {
     "gamma_max": "ct: initial γ at the noise end",
     "gamma_width": "ct: hidden width of the monotone γ network",
     "fm_sigma": "fm: σ of the Gaussian probability path (Eq. 10)",
+    "t_samples": "ct/fm: independent (t, z_t) draws per image in each training step, sharing its "
+    "image features (the paper: 1)",
     "adjoint_steps": "adjoint: fixed solver steps during training (the paper: 1000)",
     "offload_blocks": "dt, --order blocks: keep only the block being trained (and its optimiser state) on the GPU",
     "head_init": "readout (nearest-embedding read-out, default) or default (PyTorch uniform)",

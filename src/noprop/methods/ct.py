@@ -6,6 +6,9 @@ SNR′(t) ``snr_prime``, η ``eta``, û_θ(z_t, x, t) ``u_hat``, u_y ``u_y``, W_
 image features. For the probability-flow ODE: r = sqrt(SNR(t)) = exp(−γ(t)/2) and y = z_t·sqrt(1 + r²)
 = z_t / sqrt(1 − ᾱ_t).
 
+Training (Algorithm 2): each image gets K = ``t_samples`` independent t ~ U(0, 1) and z_t ~ q(z_t | y)
+that share its image features h_x ([I], ContinuousTimeMethod.sample_times; the paper draws one, K = 1).
+
 Inference (``--solver``; [I], the paper only says "T = 1000 steps"):
 
 * ODE solvers (euler, heun, midpoint, rk4, or torchdiffeq's adaptive ones) integrate the probability-flow
