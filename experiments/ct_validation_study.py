@@ -11,6 +11,7 @@ Usage (one configuration takes ~75 s on 2 CPU cores; all of them ~25 min):
     python experiments/ct_validation_study.py --data-dir ../shared/data/mnist
     python experiments/ct_validation_study.py --data-dir ../shared/data/mnist --only k1-s0,k8-s0
     python experiments/ct_validation_study.py --flops    # FLOPs of one training step, K = 1 vs 8
+    python experiments/ct_validation_study.py --diagnose RUN_DIR   # where a CT run's errors come from
 """
 
 from __future__ import annotations
@@ -75,15 +76,56 @@ def step_flops() -> None:
             print(f"{method} t_samples={k}: {counter.get_total_flops() / 1e9:.2f} GFLOP per step")
 
 
+@torch.no_grad()
+def diagnose(run_dir: str, steps: int = 100) -> None:
+    """Validation accuracy of a CT run's pieces: û at t = 0 from noise vs from z_0 = 0 (how much the
+    network leans on a z that carries no label), and, after the default ancestral chain, the head on z_1
+    vs the argmax of û(z_1, x, 1) (what the noise left in z_1 costs the read-out)."""
+    from noprop.schedules import posterior_coefficients
+
+    method, _, data, _ = load_run(run_dir, "cpu")
+    x, y = data.val
+    torch.manual_seed(EVAL_SEED)
+    h_x, W = method.block.encode_x(x), method.embedding.weight
+
+    def acc(scores: torch.Tensor) -> float:
+        return round((scores.argmax(-1) == y).float().mean().item(), 4)
+
+    z = torch.randn(x.shape[0], W.shape[1])
+    print(
+        "u_hat at t=0: z_0 ~ N(0, I)",
+        acc(method.block.fuse(h_x, z, 0.0)),
+        "| z_0 = 0",
+        acc(method.block.fuse(h_x, torch.zeros_like(z), 0.0)),
+    )
+    t_grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    a, b, c = posterior_coefficients(method.schedule.alpha_bar(t_grid))
+    for k in range(1, steps + 1):
+        z = a[k] * method.u_hat(h_x, z, t_grid[k - 1].float()) + b[k] * z
+        z = z + c[k].sqrt() * torch.randn_like(z)
+    print(
+        f"after {steps} ancestral steps: head(z_1)",
+        acc(method.head(z, W)),
+        "| argmax u_hat(z_1, x, 1)",
+        acc(method.block.fuse(h_x, z, 1.0)),
+        "| alpha_bar(1)",
+        round(method.schedule.alpha_bar(torch.tensor(1.0)).item(), 4),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (required unless --flops)")
     p.add_argument("--flops", action="store_true", help="only count the FLOPs of one step")
+    p.add_argument("--diagnose", metavar="RUN_DIR", help="only diagnose this CT run (validation)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(STUDY)}")
     p.add_argument("--out", help="also write the rows to this JSON file")
     args = p.parse_args()
     if args.flops:
         step_flops()
+        return
+    if args.diagnose:
+        diagnose(args.diagnose)
         return
     if not args.data_dir:
         p.error("--data-dir is required")
