@@ -23,3 +23,27 @@ def test_bench_efficiency_writes_every_figure(tmp_path):
     # a DT epoch is T one-block passes, a back-prop epoch one T-block pass: same FLOPs per epoch
     dt, bp = r["methods"]["dt"], r["methods"]["backprop"]
     assert bp["flops_per_step"] > 2 * dt["flops_per_step"]
+
+
+def test_image_cache_timing_compares_the_same_computation():
+    """The uncached loop the benchmark times gives the same predictions, and recomputes the branch."""
+    import torch
+
+    from noprop.bench.efficiency import image_branch_every_step, time_image_cache
+
+    from .problems import tiny_method
+
+    method, _, (x, _) = tiny_method("ct", inference_steps=5)
+    method.eval()
+    calls = []
+    method.block.image.register_forward_hook(lambda mod, inp, out: calls.append(1))
+    cached = method.predict_steps(x, deterministic=True)
+    n_cached = len(calls)
+    with image_branch_every_step(method.block):
+        uncached = method.predict_steps(x, deterministic=True)
+    assert torch.allclose(cached, uncached, atol=1e-6)
+    assert n_cached == 1 and len(calls) - n_cached == 5  # once vs once per step
+    assert method.predict_steps(x, deterministic=True).shape == cached.shape  # methods restored
+    assert len(calls) - n_cached == 6
+    timing = time_image_cache(method, x)
+    assert timing["cached_seconds"] > 0 and timing["speedup"] > 0

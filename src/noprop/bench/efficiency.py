@@ -12,7 +12,10 @@ trainer, then times ``--max-batches`` training steps and an inference pass, and 
 * ``peak_train_memory_bytes``: CUDA ``max_memory_allocated`` during training; on CPU the peak RSS
   (VmHWM, reset through /proc/self/clear_refs once the data are loaded) minus the RSS at that point;
   with the breakdown parameters / gradients / optimiser state / the rest (activations, workspace);
-* ``flops_per_step`` counted with ``torch.utils.flop_counter.FlopCounterMode`` and the achieved FLOP/s.
+* ``flops_per_step`` counted with ``torch.utils.flop_counter.FlopCounterMode`` and the achieved FLOP/s;
+* continuous-time methods: ``image_cache`` — seconds of the same inference (``CACHE_SAMPLES`` test
+  images, ``CACHE_STEPS`` steps) with the image features computed once per input (what noprop does)
+  and recomputed at every step (the naive loop), and their ratio ``speedup``.
 
 The parent also measures the machine's fp32 matmul FLOP/s (``machine_matmul_flops_per_s``) in the same
 run and writes the DT / back-prop time and memory ratios.
@@ -21,12 +24,14 @@ run and writes the DT / back-prop time and memory ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,6 +39,45 @@ import torch
 from ..errors import NoPropError
 
 PAIRS = (("dt", "backprop"), ("ct", "adjoint"), ("fm", "adjoint"))
+CACHE_SAMPLES, CACHE_STEPS = 200, 100  # image-cache timing: the naive loop is slow, keep it short
+
+
+@contextlib.contextmanager
+def image_branch_every_step(block: torch.nn.Module) -> Iterator[None]:
+    """Make a CT block recompute its image branch at every inference step (the naive loop).
+
+    Inference calls ``fuse(encode_x(x), z, t)`` with ``encode_x`` hoisted out of the step loop; inside
+    this context ``encode_x`` passes x through and ``fuse`` encodes it on every call, so the same
+    code path runs with the cache disabled and gives the same outputs.
+    """
+    encode, fuse = block.encode_x, block.fuse
+    block.encode_x = lambda x: x  # type: ignore[method-assign]
+    block.fuse = lambda h, z, t: fuse(encode(h), z, t)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del block.encode_x, block.fuse  # the class's methods again
+
+
+def time_image_cache(method, x: torch.Tensor) -> dict[str, float]:
+    """Seconds of deterministic inference on x with and without the image-feature cache."""
+    method.eval()
+    seconds = {}
+    for name, ctx in (
+        ("cached", contextlib.nullcontext()),
+        ("uncached", image_branch_every_step(method.block)),
+    ):
+        with ctx:
+            start = time.perf_counter()
+            method.predict_steps(x, deterministic=True, steps=CACHE_STEPS)
+            seconds[name] = time.perf_counter() - start
+    return {
+        "samples": x.shape[0],
+        "steps": CACHE_STEPS,
+        "cached_seconds": seconds["cached"],
+        "uncached_seconds": seconds["uncached"],
+        "speedup": seconds["uncached"] / seconds["cached"],
+    }
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
@@ -144,6 +188,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     evaluate(method, xt, yt, cfg.train.eval_batch_size)
     infer_s = time.perf_counter() - start
+    image_cache = (
+        time_image_cache(method, xt[:CACHE_SAMPLES])
+        if getattr(method, "continuous_time", False)
+        else None
+    )
     blocks_per_step = 1 if units > 1 else getattr(method, "T", 1)
     steps_per_epoch = -(-x.shape[0] // bs) * units
     epoch_seconds = steps_per_epoch * sec_per_step
@@ -176,6 +225,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "params_per_block": method.params_per_block(),
         "T": getattr(method, "T", None),
         "num_threads": torch.get_num_threads(),
+        "image_cache": image_cache,
     }
 
 
@@ -289,6 +339,14 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['block_steps_per_s']:>13.2f}{r['inference_samples_per_s']:>10.1f}"
             f"{r['peak_train_memory_bytes'] / 2**20:>10.1f}{gflops:>9}{frac:>9}"
         )
+    for m, r in result["methods"].items():
+        c = r.get("image_cache")
+        if c:
+            lines.append(
+                f"{m} inference, {c['samples']} images × {c['steps']} steps: image features cached "
+                f"{c['cached_seconds']:.2f} s, recomputed every step {c['uncached_seconds']:.2f} s "
+                f"→ {c['speedup']:.1f}× faster"
+            )
     for k, v in result.items():
         if k.endswith("_ratio"):
             lines.append(f"{k}: {v:.3f}")
