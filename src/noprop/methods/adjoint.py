@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..solvers import ADAPTIVE, TORCHDIFFEQ_FIXED, integrate, record_indices
+from ..solvers import ADAPTIVE, TORCHDIFFEQ_FIXED, integrate
 from .base import ContinuousTimeMethod
 
 
@@ -82,26 +82,16 @@ class Adjoint(ContinuousTimeMethod):
         ce = F.cross_entropy(self.head(zs[-1], self.embedding.weight), y)
         return ce, {"loss": ce.detach(), "ce": ce.detach()}
 
-    @torch.no_grad()
-    def predict_steps(
+    def trajectory(
         self,
-        x: Tensor,
+        h_x: Tensor,
+        z_0: Tensor,
+        steps: int,
+        solver: str,
+        record: list[int],
         *,
-        deterministic: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-    ) -> Tensor:
-        """Integrate dz/dt = f_θ from z_0 to z_1; head logits at ≤ 11 grid points, (S, B, m)."""
-        steps, solver = self.inference_options(steps, solver)
-        record = record_indices(steps)
-        h_x = self.block.encode_x(x)
-        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
-        zs = integrate(
-            lambda t, z: self.velocity(h_x, z, t),
-            self.initial_z(x, deterministic),
-            t_grid,
-            solver,
-            record,
-        )
-        W = self.embedding.weight
-        return torch.stack([self.head(z, W) for z in zs])
+        deterministic: bool,
+    ) -> list[Tensor]:
+        """dz/dt = f_θ(z, x, t) from t = 0 to 1 on the uniform grid."""
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
+        return integrate(lambda t, z: self.velocity(h_x, z, t), z_0, t_grid, solver, record)

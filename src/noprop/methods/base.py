@@ -126,6 +126,47 @@ class ContinuousTimeMethod(Method):
             h_x, u_y = h_x.repeat(self.t_samples, 1), u_y.repeat(self.t_samples, 1)
         return h_x, u_y, torch.rand(u_y.shape[0], device=u_y.device)
 
+    @torch.no_grad()
+    def predict_steps(
+        self,
+        x: Tensor,
+        *,
+        deterministic: bool = False,
+        steps: int | None = None,
+        solver: str | None = None,
+    ) -> Tensor:
+        """Integrate from z_0 (t = 0) to z_1 with the image features h_x computed once per input;
+        read-out logits at ≤ 11 evenly spaced grid points incl. the last, (S, B, m)."""
+        from ..solvers import record_indices
+
+        steps, solver = self.inference_options(steps, solver)
+        zs = self.trajectory(
+            self.block.encode_x(x),
+            self.initial_z(x, deterministic),
+            steps,
+            solver,
+            record_indices(steps),
+            deterministic=deterministic,
+        )
+        return torch.stack([self.read_out(z) for z in zs])
+
+    def trajectory(
+        self,
+        h_x: Tensor,
+        z_0: Tensor,
+        steps: int,
+        solver: str,
+        record: list[int],
+        *,
+        deterministic: bool,
+    ) -> list[Tensor]:
+        """z at the grid indices ``record`` of the method's ``steps``-step integration over [0, 1]."""
+        raise NotImplementedError
+
+    def read_out(self, z: Tensor) -> Tensor:
+        """Class logits from z_t: the head p̂_θout (CT and adjoint; FM reads the nearest embedding)."""
+        return self.head(z, self.embedding.weight)
+
     def initial_z(self, x: Tensor, deterministic: bool) -> Tensor:
         """z_0 ~ N(0, I), or its mode z_0 = 0 when ``deterministic``; shape (B, d)."""
         shape = (x.shape[0], self.embedding.dim)

@@ -40,7 +40,7 @@ from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
 from ..schedules import kl_prior, posterior_coefficients
 from ..schedules_ct import LearnedSchedule
-from ..solvers import integrate, record_indices
+from ..solvers import integrate
 from .base import ContinuousTimeMethod
 
 TABLE_POINTS = 4097  # dense t-table for inverting r(t) at solver midpoints
@@ -117,27 +117,21 @@ class NoPropCT(ContinuousTimeMethod):
         }
 
     # -------------------------------------------------------------- inference
-    @torch.no_grad()
-    def predict_steps(
+    def trajectory(
         self,
-        x: Tensor,
+        h_x: Tensor,
+        z_0: Tensor,
+        steps: int,
+        solver: str,
+        record: list[int],
         *,
-        deterministic: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-    ) -> Tensor:
-        """Integrate from z_0 at t = 0 to z_1 (see module docstring); head logits, (S, B, m)."""
-        steps, solver = self.inference_options(steps, solver)
-        record = record_indices(steps)
-        h_x = self.block.encode_x(x)
-        z_0 = self.initial_z(x, deterministic)
-        t_grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=x.device)
+        deterministic: bool,
+    ) -> list[Tensor]:
+        """Ancestral a/b/c steps (noise unless ``deterministic``) or the probability-flow ODE."""
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=z_0.device)
         if solver == "ancestral":
-            zs = self._ancestral(h_x, z_0, t_grid, record, noise=not deterministic)
-        else:
-            zs = self._probability_flow(h_x, z_0, t_grid, record, solver)
-        W = self.embedding.weight
-        return torch.stack([self.head(z, W) for z in zs])
+            return self._ancestral(h_x, z_0, t_grid, record, noise=not deterministic)
+        return self._probability_flow(h_x, z_0, t_grid, record, solver)
 
     def _probability_flow(
         self, h_x: Tensor, z_0: Tensor, t_grid: Tensor, record: list[int], solver: str

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..solvers import integrate, record_indices
+from ..solvers import integrate
 from .base import ContinuousTimeMethod
 
 
@@ -91,22 +91,20 @@ class NoPropFM(ContinuousTimeMethod):
             parts["ce"] = ce.detach()
         return total, {"loss": total.detach(), **parts}
 
-    @torch.no_grad()
-    def predict_steps(
+    def trajectory(
         self,
-        x: Tensor,
+        h_x: Tensor,
+        z_0: Tensor,
+        steps: int,
+        solver: str,
+        record: list[int],
         *,
-        deterministic: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-    ) -> Tensor:
-        """Integrate dz/dt = v_θ from z_0 to z_1; nearest-embedding logits at ≤ 11 points, (S, B, m)."""
-        steps, solver = self.inference_options(steps, solver)
-        record = record_indices(steps)
-        h_x = self.block.encode_x(x)
-        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
-        zs = integrate(
-            lambda t, z: self.v(h_x, z, t), self.initial_z(x, deterministic), t_grid, solver, record
-        )
-        W = self.embedding.weight
-        return torch.stack([nearest_embedding_logits(z, W) for z in zs])
+        deterministic: bool,
+    ) -> list[Tensor]:
+        """dz/dt = v_θ(z, x, t) from t = 0 to 1 on the uniform grid."""
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
+        return integrate(lambda t, z: self.v(h_x, z, t), z_0, t_grid, solver, record)
+
+    def read_out(self, z: Tensor) -> Tensor:
+        """Logits of the nearest class embedding (Euclidean) to z (spec §1.7 read-out)."""
+        return nearest_embedding_logits(z, self.embedding.weight)
