@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..solvers import ADAPTIVE, TORCHDIFFEQ_FIXED, integrate
+from ..solvers import ADAPTIVE, TORCHDIFFEQ_FIXED
 from .base import ContinuousTimeMethod
 
 
@@ -81,17 +81,3 @@ class Adjoint(ContinuousTimeMethod):
         )
         ce = F.cross_entropy(self.head(zs[-1], self.embedding.weight), y)
         return ce, {"loss": ce.detach(), "ce": ce.detach()}
-
-    def trajectory(
-        self,
-        h_x: Tensor,
-        z_0: Tensor,
-        steps: int,
-        solver: str,
-        record: list[int],
-        *,
-        deterministic: bool,
-    ) -> list[Tensor]:
-        """dz/dt = f_θ(z, x, t) from t = 0 to 1 on the uniform grid."""
-        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
-        return integrate(lambda t, z: self.velocity(h_x, z, t), z_0, t_grid, solver, record)

@@ -160,7 +160,17 @@ class ContinuousTimeMethod(Method):
         *,
         deterministic: bool,
     ) -> list[Tensor]:
-        """z at the grid indices ``record`` of the method's ``steps``-step integration over [0, 1]."""
+        """z at the grid indices ``record`` of the ``steps``-step integration over [0, 1].
+
+        Default (FM, adjoint): the ODE dz/dt = ``velocity`` on the uniform t-grid; CT overrides it.
+        """
+        from ..solvers import integrate
+
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
+        return integrate(lambda t, z: self.velocity(h_x, z, t), z_0, t_grid, solver, record)
+
+    def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """dz/dt of the inference ODE from cached image features h_x (FM: v_θ, adjoint: f_θ)."""
         raise NotImplementedError
 
     def read_out(self, z: Tensor) -> Tensor:

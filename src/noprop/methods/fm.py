@@ -24,7 +24,6 @@ from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..solvers import integrate
 from .base import ContinuousTimeMethod
 
 
@@ -91,19 +90,9 @@ class NoPropFM(ContinuousTimeMethod):
             parts["ce"] = ce.detach()
         return total, {"loss": total.detach(), **parts}
 
-    def trajectory(
-        self,
-        h_x: Tensor,
-        z_0: Tensor,
-        steps: int,
-        solver: str,
-        record: list[int],
-        *,
-        deterministic: bool,
-    ) -> list[Tensor]:
-        """dz/dt = v_θ(z, x, t) from t = 0 to 1 on the uniform grid."""
-        t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
-        return integrate(lambda t, z: self.v(h_x, z, t), z_0, t_grid, solver, record)
+    def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """The inference ODE's field dz/dt is v_θ itself."""
+        return self.v(h_x, z, t)
 
     def read_out(self, z: Tensor) -> Tensor:
         """Logits of the nearest class embedding (Euclidean) to z (spec §1.7 read-out)."""
