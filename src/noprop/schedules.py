@@ -21,6 +21,14 @@ Choices the paper leaves open ([I] in the spec), all configurable through :class
   how strongly the last block's L2 term pulls on the *shared* learned W_Embed relative to the
   cross-entropy term that keeps the embeddings apart. 0.999 keeps that ratio ~10x smaller than 0.9999
   while still leaving z_T with noise std 0.03 around the label.
+* Large T. The clip alone breaks for T >= 73 (defaults): g(1/T) >= 0.999, so ᾱ_{T-1} = ᾱ_T = 0.999, and
+  for T >= 157 also ᾱ_0 = ᾱ_1 = 1e-4; a discrete schedule needs ᾱ strictly increasing (α_{t-1} < 1).
+  Rule: t = 0, t = T and every t whose g(T - t) lies strictly inside the clip range keep today's value;
+  the remaining *clipped* steps (the runs next to either end) are filled by linear interpolation in log-SNR
+  λ_t = log SNR(t) between the neighbouring kept values. That is strictly monotone, stays inside the
+  clip range and keeps ᾱ_0 = alpha_bar_min, ᾱ_T = alpha_bar_max (SNR(T) = 999) exactly. Whenever the
+  plain clip was already strictly increasing (every T <= 72 with the defaults) no step is clipped except
+  the ends, so ᾱ is bit-identical to the plain clip and all pinned results stay valid.
 
 Coefficients are computed once in float64 and stored as float32 buffers; methods never recompute them.
 """
@@ -54,16 +62,48 @@ class CosineSchedule:
                 f"(got {self.alpha_bar_min}, {self.alpha_bar_max}); set --alpha-bar-min/--alpha-bar-max"
             )
         if self.s < 0:
-            raise ConfigError(f"cosine offset s must be >= 0 (got {self.s})")
+            raise ConfigError(f"cosine offset s must be >= 0 (got {self.s}); set --cosine-s")
 
 
 def cosine_alpha_bar(cfg: CosineSchedule) -> Tensor:
-    """ᾱ_t for t = 0..T in NoProp's convention (spec §1.3), float64, shape (T+1,)."""
+    """ᾱ_t for t = 0..T in NoProp's convention (spec §1.3), float64, shape (T+1,), strictly increasing.
+
+    ᾱ_t = clip(g(T - t), alpha_bar_min, alpha_bar_max) with g the cosine of spec §1.3 (module docstring),
+    except that steps 0 < t < T whose g value is clipped (only for large T, e.g. T >= 73 with the defaults)
+    are replaced by linear interpolation of λ_t = log SNR(t) between the nearest unclipped neighbours
+    (the ends t = 0, T count as unclipped). Below that T the result is the plain clip, bit for bit.
+
+    Raises:
+        ConfigError: if no strictly increasing ᾱ fits (clip range too narrow for T+1 float64 values).
+    """
     t = torch.arange(cfg.T + 1, dtype=torch.float64)
     u = (cfg.T - t) / cfg.T  # reversed index: t = T is the clean end
     f = torch.cos((u + cfg.s) / (1 + cfg.s) * math.pi / 2) ** 2
     f0 = math.cos(cfg.s / (1 + cfg.s) * math.pi / 2) ** 2
-    return (f / f0).clamp(cfg.alpha_bar_min, cfg.alpha_bar_max)
+    g = f / f0
+    alpha_bar = g.clamp(cfg.alpha_bar_min, cfg.alpha_bar_max)
+    # Knots keep their value. A clipped step 0 < t < T always ties with an end (ᾱ_0 or ᾱ_T), so whenever
+    # the plain clip is strictly increasing every step is a knot and we return it untouched (golden numbers).
+    knot = (g > cfg.alpha_bar_min) & (g < cfg.alpha_bar_max)
+    knot[0] = knot[-1] = True
+    if not bool(knot.all()):
+        knots = knot.nonzero().squeeze(1)
+        gaps = (~knot).nonzero().squeeze(1)
+        pos = torch.searchsorted(knots, gaps)  # knots[pos - 1] < gap < knots[pos]; knot 0 exists, so pos >= 1
+        left, right = knots[pos - 1], knots[pos]
+        lam = torch.logit(alpha_bar)  # λ_t = log SNR(t): strictly increasing in ᾱ, unbounded both ways
+        w = (t[gaps] - t[left]) / (t[right] - t[left])
+        lam_gap = lam[left] + w * (lam[right] - lam[left])
+        alpha_bar = alpha_bar.clone()
+        # the clamp only absorbs sigmoid(logit(x)) != x rounding; a tie it creates is caught below
+        alpha_bar[gaps] = torch.sigmoid(lam_gap).clamp(cfg.alpha_bar_min, cfg.alpha_bar_max)
+    if not bool((alpha_bar[1:] > alpha_bar[:-1]).all()):
+        raise ConfigError(
+            f"the cosine schedule with T={cfg.T}, s={cfg.s} has no strictly increasing ᾱ inside "
+            f"[{cfg.alpha_bar_min}, {cfg.alpha_bar_max}]; lower --T or widen --alpha-bar-min/--alpha-bar-max "
+            "(or change --cosine-s)"
+        )
+    return alpha_bar
 
 
 def posterior_coefficients(alpha_bar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -117,7 +157,10 @@ class DiscreteSchedule(nn.Module):
         if alpha_bar.ndim != 1 or alpha_bar.numel() < 2:
             raise ConfigError("a schedule needs ᾱ_0..ᾱ_T with T >= 1")
         if not bool((alpha_bar[1:] > alpha_bar[:-1]).all()):
-            raise ConfigError("ᾱ_t must be strictly increasing in t (NoProp's convention)")
+            raise ConfigError(
+                "ᾱ_t must be strictly increasing in t (NoProp's convention); for the cosine schedule "
+                "change --T, --alpha-bar-min, --alpha-bar-max or --cosine-s"
+            )
         a, b, c = posterior_coefficients(alpha_bar)
         s = snr(alpha_bar)
         delta = torch.cat([torch.full((1,), float("nan"), dtype=s.dtype), s[1:] - s[:-1]])
