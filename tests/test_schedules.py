@@ -6,18 +6,23 @@ import pytest
 import torch
 
 from noprop.errors import ConfigError
-from noprop.schedules import CosineSchedule, DiscreteSchedule, cosine_alpha_bar, kl_prior
+from noprop.schedules import (
+    CosineSchedule,
+    DiscreteSchedule,
+    cosine_alpha_bar,
+    kl_prior,
+    posterior_coefficients,
+    snr,
+)
 
 
-@pytest.fixture(params=[1, 2, 10, 40])
+@pytest.fixture(params=[1, 2, 10, 40, 73, 100, 1000])
 def sched(request) -> DiscreteSchedule:
     return DiscreteSchedule.cosine(CosineSchedule(T=request.param))
 
 
 def _f64(s: DiscreteSchedule):
     ab = cosine_alpha_bar(CosineSchedule(T=s.T))
-    from noprop.schedules import posterior_coefficients, snr
-
     a, b, c = posterior_coefficients(ab)
     return ab, a, b, c, snr(ab)
 
@@ -88,3 +93,92 @@ def test_kl_prior_matches_torch_distributions():
 def test_bad_schedule_config(kw):
     with pytest.raises(ConfigError):
         CosineSchedule(**kw)
+
+
+def _plain_clip_alpha_bar(cfg: CosineSchedule) -> torch.Tensor:
+    """Verbatim copy of the pre-issue-10 formula (plain clip), which the golden numbers were made with."""
+    t = torch.arange(cfg.T + 1, dtype=torch.float64)
+    u = (cfg.T - t) / cfg.T
+    f = torch.cos((u + cfg.s) / (1 + cfg.s) * math.pi / 2) ** 2
+    f0 = math.cos(cfg.s / (1 + cfg.s) * math.pi / 2) ** 2
+    return (f / f0).clamp(cfg.alpha_bar_min, cfg.alpha_bar_max)
+
+
+def _strictly_increasing(x: torch.Tensor) -> bool:
+    return bool((x[1:] > x[:-1]).all())
+
+
+def test_cosine_alpha_bar_bit_identical_to_plain_clip_for_T_up_to_72():
+    for T in range(1, 73):
+        cfg = CosineSchedule(T=T)
+        assert torch.equal(cosine_alpha_bar(cfg), _plain_clip_alpha_bar(cfg)), T
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(s=0.0),
+        dict(s=0.02),
+        dict(alpha_bar_min=1e-3, alpha_bar_max=0.99),
+        dict(alpha_bar_min=1e-5, alpha_bar_max=0.9999),
+        dict(s=0.1, alpha_bar_min=1e-2, alpha_bar_max=0.95),
+    ],
+)
+def test_cosine_alpha_bar_bit_identical_wherever_plain_clip_was_valid(kw):
+    kept = 0
+    for T in range(1, 301):
+        cfg = CosineSchedule(T=T, **kw)
+        old = _plain_clip_alpha_bar(cfg)
+        if _strictly_increasing(old):
+            assert torch.equal(cosine_alpha_bar(cfg), old), T
+            kept += 1
+    assert kept >= 5  # the comparison really ran
+
+
+@pytest.mark.parametrize("T", [73, 100, 156, 500, 1000, 5000])
+def test_large_T_schedule_is_valid(T):
+    cfg = CosineSchedule(T=T)
+    assert not _strictly_increasing(_plain_clip_alpha_bar(cfg))  # the case issue 10 is about
+    ab = cosine_alpha_bar(cfg)
+    assert _strictly_increasing(ab)
+    assert ab[0].item() == cfg.alpha_bar_min and ab[-1].item() == cfg.alpha_bar_max
+    assert bool((ab >= cfg.alpha_bar_min).all() and (ab <= cfg.alpha_bar_max).all())
+    a, b, c = posterior_coefficients(ab)
+    mean = a[1:] + b[1:] * ab[:-1].sqrt()
+    var = b[1:] ** 2 * (1 - ab[:-1]) + c[1:]
+    torch.testing.assert_close(mean, ab[1:].sqrt(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(var, 1 - ab[1:], rtol=1e-9, atol=1e-12)
+
+    s = DiscreteSchedule.cosine(cfg)
+    assert _strictly_increasing(s.alpha_bar)
+    assert s.snr[T].item() == pytest.approx(999.0, rel=1e-6)
+    assert torch.isfinite(s.alpha_bar).all() and torch.isfinite(s.snr).all()
+    for name in ("a", "b", "c", "snr_delta"):
+        assert torch.isfinite(getattr(s, name)[1:]).all(), name
+    assert bool(((s.a[1:] >= 0) & (s.a[1:] <= 1) & (s.b[1:] >= 0) & (s.b[1:] <= 1)).all())
+    assert bool((s.c[1:] >= 0).all() and (s.snr_delta[1:] > 0).all())
+
+
+def test_large_T_keeps_unclipped_cosine_values_and_fills_clipped_runs_in_log_snr():
+    cfg = CosineSchedule(T=1000)
+    old, ab = _plain_clip_alpha_bar(cfg), cosine_alpha_bar(cfg)
+    inside = (old > cfg.alpha_bar_min) & (old < cfg.alpha_bar_max)
+    assert torch.equal(ab[inside], old[inside])
+    # top run: knots T-k-1 (last unclipped) and T; λ = log SNR is linear in t between them
+    k = int((old[1:-1] >= cfg.alpha_bar_max).sum())
+    assert k >= 1
+    lam = torch.logit(ab[-(k + 2) :])
+    torch.testing.assert_close(lam, torch.linspace(lam[0].item(), lam[-1].item(), k + 2, dtype=torch.float64))
+
+
+def test_impossible_schedule_error_names_the_flags():
+    cfg = CosineSchedule(T=1000, alpha_bar_min=0.5, alpha_bar_max=0.5 + 1e-14)
+    with pytest.raises(ConfigError) as err:
+        cosine_alpha_bar(cfg)
+    for flag in ("--T", "--alpha-bar-min", "--alpha-bar-max", "--cosine-s"):
+        assert flag in str(err.value)
+
+
+def test_non_increasing_alpha_bar_error_names_the_flags():
+    with pytest.raises(ConfigError, match="--alpha-bar-max"):
+        DiscreteSchedule(torch.tensor([0.1, 0.1, 0.5], dtype=torch.float64))

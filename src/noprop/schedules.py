@@ -21,14 +21,16 @@ Choices the paper leaves open ([I] in the spec), all configurable through :class
   how strongly the last block's L2 term pulls on the *shared* learned W_Embed relative to the
   cross-entropy term that keeps the embeddings apart. 0.999 keeps that ratio ~10x smaller than 0.9999
   while still leaving z_T with noise std 0.03 around the label.
-* Large T. The clip alone breaks for T >= 73 (defaults): g(1/T) >= 0.999, so ᾱ_{T-1} = ᾱ_T = 0.999, and
-  for T >= 157 also ᾱ_0 = ᾱ_1 = 1e-4; a discrete schedule needs ᾱ strictly increasing (α_{t-1} < 1).
-  Rule: t = 0, t = T and every t whose g(T - t) lies strictly inside the clip range keep today's value;
+* Large T. The clip alone breaks for T >= 73 (defaults): g(1) >= 0.999, so ᾱ_{T-1} = ᾱ_T = 0.999, and for
+  T >= 156 also g(T - 1) <= 1e-4, so ᾱ_0 = ᾱ_1 = 1e-4; a discrete schedule needs ᾱ strictly increasing (α_{t-1} < 1).
+  Rule: t = 0, t = T and every t whose g(T - t) lies strictly inside the clip range keep the plain-clip value;
   the remaining *clipped* steps (the runs next to either end) are filled by linear interpolation in log-SNR
   λ_t = log SNR(t) between the neighbouring kept values. That is strictly monotone, stays inside the
   clip range and keeps ᾱ_0 = alpha_bar_min, ᾱ_T = alpha_bar_max (SNR(T) = 999) exactly. Whenever the
   plain clip was already strictly increasing (every T <= 72 with the defaults) no step is clipped except
-  the ends, so ᾱ is bit-identical to the plain clip and all pinned results stay valid.
+  the ends, so ᾱ is bit-identical to the plain clip and all pinned results stay valid. The filled steps
+  are small (T = 1000: SNR(T) - SNR(T-1) ≈ 1.4), and the float32 ``alpha_bar`` buffer stays strictly
+  increasing up to T ≈ 10^4 (the float64 coefficients further).
 
 Coefficients are computed once in float64 and stored as float32 buffers; methods never recompute them.
 """
