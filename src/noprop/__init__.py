@@ -1,29 +1,39 @@
 """noprop: train neural networks the NoProp way (Li, Teh, Pascanu, arXiv 2503.24322)."""
 
-__version__ = "0.1.0"
-
-from .config import RunConfig, make_config  # noqa: E402
-from .data import load_dataset  # noqa: E402
-from .errors import NoPropError  # noqa: E402
-from .methods import METHODS, Backprop, Method, NoPropDT, build_method  # noqa: E402
-from .schedules import CosineSchedule, DiscreteSchedule  # noqa: E402
-from .training import Trainer, evaluate, evaluate_run, train  # noqa: E402
+from .build import build_method
+from .config import MethodConfig, RunConfig, make_config
+from .data import load_dataset
+from .errors import NoPropError
+from .methods import METHODS, Backprop, Method, NoPropCT, NoPropDT, NoPropFM
+from .rundir import RunDir
+from .runs import evaluate_run, load_run, train
+from .schedules import CosineSchedule, DiscreteSchedule
+from .tasks import TASKS, Task
+from .training import Trainer, evaluate
+from .version import __version__
 
 __all__ = [
     "METHODS",
+    "TASKS",
     "Backprop",
     "CosineSchedule",
     "DiscreteSchedule",
     "Method",
+    "MethodConfig",
+    "NoPropCT",
     "NoPropDT",
     "NoPropError",
+    "NoPropFM",
     "RunConfig",
+    "RunDir",
+    "Task",
     "Trainer",
     "__version__",
     "build_method",
     "evaluate",
     "evaluate_run",
     "load_dataset",
+    "load_run",
     "make_config",
     "train",
 ]

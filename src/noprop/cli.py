@@ -1,7 +1,7 @@
 """The ``noprop`` command line: ``train``, ``eval`` (and the subcommands later issues add).
 
-Training flags are generated from the config dataclasses (``max_train_samples`` -> ``--max-train-samples``),
-so the CLI, the Python API and ``config.json`` always list the same knobs. Any error a user can cause
+Training flags are generated from the config dataclasses (:mod:`noprop.flags`), so the CLI, the Python
+API and ``config.json`` always list the same knobs, each documented once, next to its default. Any error a user can cause
 prints one line on stderr and exits with status 2; nothing is written in that case. An operating-system
 failure while running (disk full, permissions changed mid-run) prints one line and exits with status 1;
 Ctrl-C exits with 130. In every case the last completed epoch's checkpoint is kept for ``--resume``.
@@ -10,98 +10,24 @@ Ctrl-C exits with 130. In every case the last completed epoch's checkpoint is ke
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import types
-import typing
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .config import SECTIONS, RunConfig, check_device
+from . import plots
+from .bench import efficiency, parallel, reproduce
+from .config import RunConfig
+from .device import check_device
 from .errors import NoPropError
-
-HELP = {
-    "dataset": "digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100",
-    "data_dir": "directory holding the data set files (downloaded there when missing and online)",
-    "download": "download missing data files (default on; --no-download to forbid)",
-    "val_fraction": "fraction of the training set held out for model selection",
-    "max_train_samples": "use at most N training examples (after the validation split)",
-    "embedding": "class embedding W_Embed: one-hot, learned, prototype",
-    "embed_dim": "dimension of the learned embedding",
-    "block": "block architecture: auto (conv for images >= 16x16, else mlp), conv, mlp",
-    "head": "class-probability head: softmax (Eq. 14) or posterior (Eqs. 15-16)",
-    "method": "dt (NoProp-DT), backprop (end-to-end twin), ct, fm, adjoint",
-    "T": "number of blocks (diffusion steps) for DT/backprop",
-    "eta": "η, weight of the denoising term (Eq. 8)",
-    "order": "blocks (Algorithm 1: blocks outer, batches inner) or interleaved",
-    "optimizer": "auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam",
-    "device": "auto, cpu, cuda, cuda:N",
-    "patience": "stop after N epochs without a better validation accuracy",
-    "inference_steps": "ct/fm/adjoint: ODE/SDE steps at inference (the paper: 1000)",
-    "solver": "ct/fm/adjoint inference solver: euler, heun, midpoint, rk4, dopri5 ...; ct also ancestral "
-    "(default: ancestral for ct, euler for fm/adjoint)",
-    "gamma_min": "ct: initial γ at the label end (learned schedule, App. B)",
-    "gamma_max": "ct: initial γ at the noise end",
-    "gamma_width": "ct: hidden width of the monotone γ network",
-    "fm_sigma": "fm: σ of the Gaussian probability path (Eq. 10)",
-    "t_samples": "ct/fm: independent (t, z_t) draws per image in each training step, sharing its "
-    "image features (the paper: 1)",
-    "adjoint_steps": "adjoint: fixed solver steps during training (the paper: 1000)",
-    "offload_blocks": "dt, --order blocks: keep only the block being trained (and its optimiser state) on the GPU",
-    "head_init": "readout (nearest-embedding read-out, default) or default (PyTorch uniform)",
-    "parallel": "none; blocks (DT, under torchrun: each rank trains its blocks); fused (DT, one "
-    "process, all blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)",
-    "dist_timeout_s": "seconds a rank waits for the others before the parallel run fails",
-}
-
+from .flags import add_config_flags, given_flags
+from .rundir import RunDir
+from .runs import evaluate_run, sweep_steps, train
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"noprop: error: {message}\n")
-
-
-def _field_type(tp: Any) -> Any:
-    if isinstance(tp, str):
-        tp = eval(
-            tp,
-            {"__builtins__": {}},
-            {"int": int, "float": float, "str": str, "bool": bool, "None": None},
-        )
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return args[0]
-    return tp
-
-
-def add_config_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
-    """One flag per config field (except ``skip``); defaults are suppressed so we know which flags
-    were given."""
-    for section in SECTIONS:
-        for f in dataclasses.fields(section):
-            if f.name in skip:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            tp = _field_type(f.type)
-            default = f.default
-            if tp is bool:
-                p.add_argument(
-                    flag,
-                    dest=f.name,
-                    action=argparse.BooleanOptionalAction,
-                    default=argparse.SUPPRESS,
-                    help=f"{HELP.get(f.name, '')}",
-                )
-            else:
-                p.add_argument(
-                    flag,
-                    dest=f.name,
-                    type=tp,
-                    default=argparse.SUPPRESS,
-                    metavar=f.name.upper(),
-                    help=f"{HELP.get(f.name, '')} (default: {default})",
-                )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,17 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce, parallel)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
-    from .bench import efficiency
-
     efficiency.add_arguments(
         bench_sub.add_parser("efficiency", help="NoProp vs back-prop: time, memory, FLOP/s")
     )
-    from . import plots
-    from .bench import reproduce
-
     reproduce.add_arguments(bench_sub.add_parser("reproduce", help=reproduce.HELP_TEXT))
-    from .bench import parallel
-
     parallel.add_arguments(
         bench_sub.add_parser("parallel", help="DT throughput: sequential, blocks, fused")
     )
@@ -166,14 +85,7 @@ def _set_threads(n: int | None) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from .training.run import train
-
-    given = {
-        f.name: getattr(ns, f.name)
-        for s in SECTIONS
-        for f in dataclasses.fields(s)
-        if hasattr(ns, f.name)
-    }
+    given = given_flags(ns)
     _set_threads(ns.threads)
     if ns.resume:
         if ns.out and ns.out != ns.resume:
@@ -200,8 +112,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from .training.run import evaluate_run
-
     _set_threads(ns.threads)
     check_device(ns.device)
     if ns.steps or ns.solver:
@@ -229,28 +139,27 @@ def _parse_list(text: str, flag: str, cast=str) -> list:
 
 
 def _eval_steps(ns: argparse.Namespace) -> int:
-    from .training.run import RunDir
-    from .training.steps_sweep import sweep_steps
-
     steps = _parse_list(ns.steps or "1000", "--steps", int)
     if any(s < 1 for s in steps):
         raise NoPropError(f"--steps must be positive integers (got {ns.steps})")
     if ns.solver is None:  # the run's own inference solver (CT: ancestral; FM/adjoint: euler)
-        method_cfg = RunDir(ns.run_dir).read_config().get("method", {})
-        default = "ancestral" if method_cfg.get("method") == "ct" else "euler"
-        ns.solver = method_cfg.get("solver") or default
+        cfg = RunDir(ns.run_dir).config()
+        if not cfg.method.cls.continuous_time:
+            raise NoPropError(
+                f"--steps/--solver apply to the continuous-time methods ct, fm and adjoint; "
+                f"{ns.run_dir} is a {cfg.method.method} run"
+            )
+        ns.solver = cfg.options.solver  # type: ignore[attr-defined]
     solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic)
     print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
         print(f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{r['seconds']:>10.2f}")
-    print(f"written to {RunDir(ns.run_dir).path / 'eval_steps.json'}")
+    print(f"written to {RunDir(ns.run_dir).eval_steps_path}")
     return 0
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from .bench import efficiency, parallel, reproduce
-
     handlers = {
         "efficiency": efficiency.main_bench,
         "reproduce": reproduce.cmd_reproduce,
@@ -260,9 +169,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def cmd_plot(ns: argparse.Namespace) -> int:
-    from .plots import cmd_plot as plot
-
-    return plot(ns)
+    return plots.cmd_plot(ns)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}

@@ -113,7 +113,7 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def load_infos(run_dirs: list[Path]) -> list[RunInfo]:
-    from .training.rundir import RunDir
+    from .rundir import RunDir
 
     names: list[str] = []
     infos = []
@@ -154,7 +154,7 @@ def _figure(**kwargs: Any) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from .training.checkpoint import atomic_write
+    from .atomic import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -398,7 +398,7 @@ def plot_prototypes(info: RunInfo, path: Path, device: str = "cpu") -> Path | No
     import torch
 
     from .models.embeddings import prototype_init
-    from .training.run import load_run
+    from .runs import load_run
 
     method, cfg, data, _ = load_run(info.path, device)
     in_shape = tuple(data.in_shape)
@@ -484,7 +484,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def cmd_plot(ns: argparse.Namespace) -> int:
-    from .config import check_device
+    from .device import check_device
 
     check_device(ns.device)
     for path in plot_runs(ns.run_dirs, ns.out, device=ns.device):

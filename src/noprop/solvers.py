@@ -67,9 +67,11 @@ SOLVER_NAMES = (*SOLVERS, *ADAPTIVE, *STOCHASTIC)
 TORCHDIFFEQ_FIXED = {"euler": "euler", "heun": "heun2", "midpoint": "midpoint", "rk4": "rk4"}
 
 
-def check_solver(name: str, *, allow_stochastic: bool = True) -> None:
+ODE_SOLVERS = (*SOLVERS, *ADAPTIVE)
+
+
+def check_solver(name: str, *, allowed: Sequence[str] = ODE_SOLVERS) -> None:
     """Raise ConfigError (a ValueError) naming the allowed solvers if ``name`` is not one of them."""
-    allowed = SOLVER_NAMES if allow_stochastic else (*SOLVERS, *ADAPTIVE)
     if name not in allowed:
         raise ConfigError(f"unknown --solver {name!r}; choose one of {', '.join(allowed)}")
 
@@ -107,7 +109,7 @@ def integrate(
     Raises:
         ConfigError: unknown solver.
     """
-    check_solver(solver, allow_stochastic=False)
+    check_solver(solver)
     if solver in ADAPTIVE:
         from torchdiffeq import odeint  # optional dependency (extra "ct")
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
+
 
 def report(result: dict[str, Any], out: str | None, format_table: Callable[[dict], str]) -> int:
     """Print a benchmark's table and, with ``--out``, write its JSON atomically."""
     print(format_table(result))
     if out:
-        from ..training.checkpoint import atomic_write_json
-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out), result)
     return 0

@@ -35,8 +35,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from ..build import build_method
+from ..config import make_config
+from ..device import pick_device
 from ..errors import NoPropError
+from ..methods import METHODS
+from ..runs import load_data
+from ..training.trainer import Trainer, evaluate
+from . import report
 
 PAIRS = (("dt", "backprop"), ("ct", "adjoint"), ("fm", "adjoint"))
 CACHE_SAMPLES, CACHE_STEPS = 200, 100  # image-cache timing: the naive loop is slow, keep it short
@@ -125,15 +133,10 @@ def _optimizer_bytes(trainer) -> int:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one method in this process (see module docstring)."""
-    from ..config import make_config
-    from ..methods import build_method
-    from ..training.run import load_data
-    from ..training.trainer import Trainer, evaluate, pick_device
-
     overrides = json.loads(args.overrides)
     cfg = make_config(method=args.method, dataset=args.dataset, data_dir=args.data_dir, **overrides)
     device = pick_device(args.device)
-    data = load_data(cfg)
+    task, data = load_data(cfg)
     x, y = data.train
     if (
         cfg.train.channels_last and x.dim() == 4
@@ -145,8 +148,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-    method = build_method(cfg, data.in_shape, data.num_classes, x, y)
-    trainer = Trainer(method, cfg, device, progress=False)
+    method = build_method(cfg, task, None, x, y)
+    trainer = Trainer(method, cfg, device, task=task, progress=False)
     xd, yd = trainer.to_device(x), y.to(device)
     units, bs = method.num_units, cfg.train.batch_size
     gen = torch.Generator().manual_seed(0)
@@ -173,8 +176,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.synchronize(device)
     sec_per_step = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
-    from torch.utils.flop_counter import FlopCounterMode
-
     try:
         with FlopCounterMode(display=False) as counter:
             trainer.step(*batch(), 0)
@@ -190,7 +191,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     infer_s = time.perf_counter() - start
     image_cache = (
         time_image_cache(method, xt[:CACHE_SAMPLES])
-        if getattr(method, "continuous_time", False)
+        if method.continuous_time
         else None
     )
     blocks_per_step = 1 if units > 1 else getattr(method, "T", 1)
@@ -260,8 +261,6 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..methods import METHODS
-
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -383,8 +382,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main_bench(args: argparse.Namespace) -> int:
     if args.max_batches < 1:
         raise NoPropError(f"--max-batches must be >= 1 (got {args.max_batches})")
-    from . import report
-
     return report(run(args), args.out, format_table)
 
 

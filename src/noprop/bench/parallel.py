@@ -29,7 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..config import make_config
 from ..errors import NoPropError
+from ..parallel import build_trainer, parallel_context
+from ..runs import load_data
+from ..runs.train import build_for_data
+from ..training.order import Step
+from . import report
+from .efficiency import matmul_flops_per_s
 
 MODES = ("single", "blocks", "fused")
 # Spinning OpenMP threads collapse (measured 10x-100x slower) whenever another process holds one of
@@ -39,8 +48,6 @@ OMP_WAIT_POLICY = "PASSIVE"
 
 
 def _config(args: argparse.Namespace, mode: str):
-    from ..config import make_config
-
     return make_config(
         method="dt",
         dataset=args.dataset,
@@ -58,19 +65,14 @@ def _config(args: argparse.Namespace, mode: str):
 
 def worker(args: argparse.Namespace) -> dict[str, Any] | None:
     """Time one mode in this process (all ranks of it under torchrun); rank 0 returns the result."""
-    import torch
-
-    from ..parallel import build_trainer, parallel_context
-    from ..training.run import build_for_data, load_data
-
     mode = args.worker
     torch.set_num_threads(1 if mode == "blocks" else args.cores)
     cfg = _config(args, mode)
     with parallel_context(cfg) as ctx:
-        data = load_data(cfg)
-        method = build_for_data(cfg, data)
+        task, data = load_data(cfg)
+        method = build_for_data(cfg, task, data)
         device = torch.device("cpu")
-        trainer = build_trainer(method, cfg, device, ctx, progress=False)
+        trainer = build_trainer(method, cfg, device, ctx, task=task, progress=False)
         x, y = data.train
         x = trainer.to_device(x)  # channels-last for the sequential/parallel trainers
         rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
@@ -87,16 +89,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any] | None:
             calls = max(1, args.steps // T)
 
             def one(i: int) -> None:
-                trainer.fused_step(*batch())  # type: ignore[attr-defined]
+                trainer.step_fn(*batch(), Step(tuple(range(T)), torch.arange(0)), 0)
         else:
-            units = trainer.units
+            units = list(range(T)) if ctx is None else ctx.units
             step_blocks = world
             calls = max(1, -(-args.steps // world))
 
             def one(i: int) -> None:
                 trainer.step(*batch(), units[i % len(units)])
 
-        for i in range(1 if mode == "fused" else len(trainer.units)):  # warm-up: optimiser state
+        for i in range(1 if mode == "fused" else len(units)):  # warm-up: optimiser state
             one(i)
         if ctx is not None:
             ctx.barrier("bench start")
@@ -118,7 +120,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any] | None:
             "params_per_block": method.params_per_block(),
         }
         if ctx is not None:
-            result["allreduce_bytes_per_step"] = trainer.sync.bytes_per_step()  # type: ignore[attr-defined]
+            result["allreduce_bytes_per_step"] = trainer.step_fn.sync.bytes_per_step()  # type: ignore[attr-defined]
             result["placement"] = ctx.placement.describe()
         return result
 
@@ -153,9 +155,6 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def machine_info(cores: int) -> dict[str, Any]:
-    import torch
-
-    from .efficiency import matmul_flops_per_s
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -244,8 +243,6 @@ def main_bench(args: argparse.Namespace) -> int:
             raise NoPropError(
                 f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})"
             )
-    from . import report
-
     return report(run(args), args.out, format_table)
 
 

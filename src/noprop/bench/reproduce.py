@@ -117,7 +117,7 @@ def evaluate_train_accuracy(
     """
     import torch
 
-    from ..training.run import load_run
+    from ..runs import load_run
     from ..training.trainer import evaluate
 
     if runs < 1 or max_samples < 1:
@@ -206,8 +206,8 @@ def check_cell(cell_dir: Path, cfg: Any) -> None:
     everything ``--resume`` may not change (its epochs, patience, device, ... follow the new flags).
     """
     from ..config import RunConfig
-    from ..training.run import RESUMABLE_OVERRIDES
-    from ..training.rundir import RunDir
+    from ..runs import RESUMABLE_OVERRIDES
+    from ..rundir import RunDir
 
     rd = RunDir(cell_dir)
     if not rd.is_run():
@@ -235,9 +235,9 @@ def run_cell(
 
     ``{"status": "cached" | "evaluated" | "resumed" | "trained" | "failed", "error": str | None}``.
     """
-    from ..training import run as run_mod
-    from ..training.checkpoint import atomic_write_json
-    from ..training.rundir import RunDir
+    from .. import runs as run_mod
+    from ..atomic import atomic_write_json
+    from ..rundir import RunDir
 
     check_cell(cell_dir, cfg)
     rd = RunDir(cell_dir)
@@ -430,7 +430,7 @@ def reproduce(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the grid in ``out`` and write ``table.md`` and ``table.json``; return the table."""
-    from ..training.checkpoint import atomic_write, atomic_write_json
+    from ..atomic import atomic_write, atomic_write_json
 
     if runs < 1:
         raise ConfigError(f"--runs must be >= 1 (got {runs})")
@@ -498,7 +498,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    from ..cli import add_config_flags
+    from ..flags import add_config_flags
 
     add_config_flags(p, skip=frozenset(GRID_FIELDS))  # every train flag except the grid axes
     return p
@@ -507,14 +507,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def cmd_reproduce(ns: argparse.Namespace) -> int:
     import sys
 
-    from ..config import SECTIONS
+    from ..flags import given_flags
 
-    overrides = {
-        f.name: getattr(ns, f.name)
-        for s in SECTIONS
-        for f in dataclasses.fields(s)
-        if f.name not in GRID_FIELDS and hasattr(ns, f.name)
-    }
+    overrides = {k: v for k, v in given_flags(ns).items() if k not in GRID_FIELDS}
     if ns.threads is not None:
         import torch
 

@@ -1,10 +1,11 @@
 """Data sets for noprop: safe parsers, verified downloads and normalised splits.
 
 See :mod:`noprop.data.datasets` for the loading rules (splits, normalisation, validation),
-:mod:`noprop.data.formats` for the IDX / CIFAR-binary parsers and :mod:`noprop.data.download`
-for the download table.
+:mod:`noprop.data.formats` for the IDX / CIFAR-binary parsers, :mod:`noprop.data.download`
+for the download table and :mod:`noprop.data.config` for the ``--dataset`` options.
 """
 
-from noprop.data.datasets import DATASETS, DataSplits, load_dataset
+from noprop.data.config import DataConfig
+from noprop.data.datasets import DATASETS, SPECS, DataSplits, DatasetSpec, load_dataset
 
-__all__ = ["DATASETS", "DataSplits", "load_dataset"]
+__all__ = ["DATASETS", "SPECS", "DataConfig", "DataSplits", "DatasetSpec", "load_dataset"]

@@ -83,20 +83,37 @@ class DatasetSpec:
         num_classes: Number of label classes.
         in_shape: Image shape ``(C, H, W)``.
         max_value: Raw pixel value that maps to 1.0 before standardisation.
+        title: The data set's name as printed in tables and figures.
+        class_names: One name per class (digits when the classes are the digits 0..9).
     """
 
     num_classes: int
     in_shape: tuple[int, int, int]
     max_value: float
+    title: str = ""
+    class_names: tuple[str, ...] = ()
 
+    def class_name(self, k: int) -> str:
+        return self.class_names[k] if k < len(self.class_names) else str(k)
+
+
+DIGIT_NAMES = tuple(str(k) for k in range(10))
+KMNIST_NAMES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+CIFAR10_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+FASHION_NAMES = (
+    "T-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)  # fmt: skip
 
 SPECS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(10, (1, 8, 8), 16.0),
-    "mnist": DatasetSpec(10, (1, 28, 28), 255.0),
-    "fashion-mnist": DatasetSpec(10, (1, 28, 28), 255.0),
-    "kmnist": DatasetSpec(10, (1, 28, 28), 255.0),
-    "cifar10": DatasetSpec(10, (3, 32, 32), 255.0),
-    "cifar100": DatasetSpec(100, (3, 32, 32), 255.0),
+    "digits": DatasetSpec(10, (1, 8, 8), 16.0, "digits", DIGIT_NAMES),
+    "mnist": DatasetSpec(10, (1, 28, 28), 255.0, "MNIST", DIGIT_NAMES),
+    "fashion-mnist": DatasetSpec(10, (1, 28, 28), 255.0, "Fashion-MNIST", FASHION_NAMES),
+    "kmnist": DatasetSpec(10, (1, 28, 28), 255.0, "KMNIST", KMNIST_NAMES),
+    "cifar10": DatasetSpec(10, (3, 32, 32), 255.0, "CIFAR-10", CIFAR10_NAMES),
+    "cifar100": DatasetSpec(100, (3, 32, 32), 255.0, "CIFAR-100"),
 }
 
 

@@ -22,19 +22,50 @@ CT block (Fig. 6 right), ŷ = argmax p̂_θout(y | z_1) with the linear head; h_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..solvers import ADAPTIVE, TORCHDIFFEQ_FIXED
-from .base import ContinuousTimeMethod
+from ..options import at_least
+from ..solvers import ADAPTIVE, ODE_SOLVERS, TORCHDIFFEQ_FIXED
+from .base import BuildContext, ContinuousTimeMethod, ContinuousTimeOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdjointConfig(ContinuousTimeOptions):
+    solver: Literal[ODE_SOLVERS] = "euler"  # type: ignore[valid-type]
+    """inference ODE solver: euler (default for fm/adjoint), heun, midpoint, rk4, dopri5 ...
+    (for the adjoint also the training solver)"""
+    adjoint_steps: int = 1000
+    """adjoint: fixed solver steps during training (the paper: 1000)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("adjoint_steps", self.adjoint_steps)
 
 
 class Adjoint(ContinuousTimeMethod):
     name = "adjoint"
+    label = "Adjoint"
+    Config = AdjointConfig
     default_optimizer = "adamw"
+
+    @classmethod
+    def from_config(cls, options: AdjointConfig, ctx: BuildContext) -> Adjoint:
+        emb, head = ctx.embedding_and_head()
+        return cls(
+            ctx.block("continuous", emb.dim),
+            emb,
+            head,
+            adjoint_steps=options.adjoint_steps,
+            inference_steps=options.inference_steps,
+            solver=options.solver,
+        )
 
     def __init__(
         self,
@@ -42,9 +73,9 @@ class Adjoint(ContinuousTimeMethod):
         embedding: ClassEmbedding,
         head: torch.nn.Module,
         *,
-        adjoint_steps: int = 1000,
-        inference_steps: int = 1000,
-        solver: str = "euler",
+        adjoint_steps: int = AdjointConfig.adjoint_steps,
+        inference_steps: int = AdjointConfig.inference_steps,
+        solver: str = AdjointConfig.solver,
     ) -> None:
         super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
         self.adjoint_steps = adjoint_steps

@@ -10,18 +10,37 @@ single unit: one optimiser updates every block, the α's, the head and W_Embed t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.embeddings import ClassEmbedding
-from .base import Method
+from ..options import at_least
+from .base import BuildContext, Method, MethodOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackpropConfig(MethodOptions):
+    T: int = 10
+    """number of blocks (diffusion steps) for dt/backprop"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("T", self.T)
 
 
 class Backprop(Method):
     name = "backprop"
+    label = "Backprop"
+    Config = BackpropConfig
     default_optimizer = "adamw"
+
+    @classmethod
+    def from_config(cls, options: BackpropConfig, ctx: BuildContext) -> Backprop:
+        emb, head = ctx.embedding_and_head()
+        return cls([ctx.block("discrete", emb.dim) for _ in range(options.T)], emb, head)
 
     def __init__(self, blocks: list[nn.Module], embedding: ClassEmbedding, head: nn.Module) -> None:
         super().__init__(embedding, head)

@@ -1,4 +1,4 @@
-"""The contract every training method implements.
+"""The contract every training method implements, and what it is built from.
 
 A method owns its blocks, the class embedding W_Embed and the head p̂_θout. Training is organised in
 *units*: groups of parameters that are updated together by one optimiser. NoProp-DT has T units (θ_t,
@@ -6,25 +6,108 @@ one per block), which is what makes block-local and block-parallel training poss
 methods (back-prop, CT, FM, adjoint) have a single unit. Parameters shared by every unit (the head,
 a learned W_Embed, a learned schedule) are listed separately and updated on every step.
 
+A method class describes itself: ``name`` (the ``--method`` value), ``label`` (tables and figures),
+``continuous_time``, ``solvers`` (the ``--solver`` values it accepts), its own option dataclass
+``Config`` (one docstring per field: the ``--help`` text) and :meth:`Method.from_config`. Adding a
+method is one file that defines such a class plus one line in :data:`noprop.methods.METHODS`.
+
 Legend: x input (B, ...), y labels (B,), z noised label embedding (B, d), W = W_Embed (m, d).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
+from ..models import build_embedding, build_head
+from ..models.config import ModelConfig
 from ..models.embeddings import ClassEmbedding
+from ..options import at_least, check_choices
+from ..solvers import ODE_SOLVERS, check_solver, integrate, record_indices
+from ..tasks import BlockFamily, Task
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodOptions:
+    """Base of every method's option dataclass (``Method.Config``)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinuousTimeOptions(MethodOptions):
+    """Inference options of the methods that integrate over t ∈ [0, 1] (ct, fm, adjoint)."""
+
+    inference_steps: int = 1000
+    """ct/fm/adjoint: ODE/SDE steps at inference (the paper: 1000)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("inference_steps", self.inference_steps)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a method is built from besides its own options: the task, the model options, the
+    seed, and the training tensors (the prototype embedding is initialised from them)."""
+
+    task: Task
+    model: ModelConfig
+    seed: int = 0
+    train_x: Tensor | None = None
+    train_y: Tensor | None = None
+
+    def embedding_and_head(self) -> tuple[ClassEmbedding, nn.Module]:
+        """W_Embed (seeded by ``seed``) and the head p̂_θout, shared by every method."""
+        m = self.model
+        emb = build_embedding(
+            m.embedding,
+            self.task.num_classes,
+            embed_dim=m.embed_dim,
+            train_x=self.train_x,
+            train_y=self.train_y,
+            seed=self.seed,
+        )
+        head = build_head(m.head, emb.weight, sigma=m.posterior_sigma, init=m.head_init)
+        return emb, head
+
+    def block(self, family: BlockFamily, d: int) -> nn.Module:
+        """One block of the task for label embeddings of dimension ``d`` (``--block``)."""
+        return self.task.build_block(family, self.model.block, d)
 
 
 class Method(nn.Module):
-    """Base class: subclasses implement :meth:`loss` and :meth:`predict_steps`."""
+    """Base class: subclasses implement :meth:`from_config`, :meth:`loss` and :meth:`predict_steps`."""
 
-    name: str = "base"
-    default_optimizer: str = "adamw"
+    #: the ``--method`` value
+    name: ClassVar[str] = "base"
+    #: how tables and figures name the method
+    label: ClassVar[str] = "base"
+    #: the method's options (a frozen :class:`MethodOptions` dataclass)
+    Config: ClassVar[type[MethodOptions]] = MethodOptions
+    default_optimizer: ClassVar[str] = "adamw"
     #: True for methods integrating over t ∈ [0, 1] (ct, fm, adjoint); their ``predict_steps`` also
     #: takes ``steps`` and ``solver`` (see :class:`ContinuousTimeMethod`). Discrete methods ignore both.
-    continuous_time: bool = False
+    continuous_time: ClassVar[bool] = False
+    #: the ``--solver`` values the method's inference accepts (empty: it has no solver)
+    solvers: ClassVar[tuple[str, ...]] = ()
+    #: True when every unit's loss reads only its own unit and the shared parameters, so units may
+    #: train on different ranks (``--parallel blocks``) or in one vmapped step
+    local_units: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, options: Any, ctx: BuildContext) -> Method:
+        """Build the method from its options; the caller has seeded torch's global RNG."""
+        raise NotImplementedError
+
+    @classmethod
+    def units_for(cls, options: Any) -> int:
+        """The number of units a method built from ``options`` has (known before building it)."""
+        return 1
 
     def __init__(self, embedding: ClassEmbedding, head: nn.Module) -> None:
         super().__init__()
@@ -48,6 +131,10 @@ class Method(nn.Module):
         if self.embedding.learnable:
             params.append(self.embedding.weight)
         return params
+
+    def inert_parameters(self) -> list[nn.Parameter]:
+        """Parameters no loss reads and no optimiser updates (e.g. FM's head with a fixed W_Embed)."""
+        return []
 
     def params_per_block(self) -> int:
         """Trainable parameters of one block (v2 Table 5 counts; excludes W_Embed and the head)."""
@@ -77,6 +164,7 @@ class ContinuousTimeMethod(Method):
     """
 
     continuous_time = True
+    solvers = ODE_SOLVERS
 
     def __init__(
         self,
@@ -99,12 +187,10 @@ class ContinuousTimeMethod(Method):
 
     def inference_options(self, steps: int | None, solver: str | None) -> tuple[int, str]:
         """(steps, solver) with None replaced by the defaults; ConfigError for bad values."""
-        from ..solvers import check_solver, record_indices
-
         steps = self.inference_steps if steps is None else steps
         solver = self.solver if solver is None else solver
         record_indices(steps)  # validates steps >= 1
-        check_solver(solver, allow_stochastic=self.name == "ct")
+        check_solver(solver, allowed=self.solvers)
         return steps, solver
 
     def sample_times(self, h_x: Tensor, u_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -137,8 +223,6 @@ class ContinuousTimeMethod(Method):
     ) -> Tensor:
         """Integrate from z_0 (t = 0) to z_1 with the image features h_x computed once per input;
         read-out logits at ≤ 11 evenly spaced grid points incl. the last, (S, B, m)."""
-        from ..solvers import record_indices
-
         steps, solver = self.inference_options(steps, solver)
         zs = self.trajectory(
             self.block.encode_x(x),
@@ -164,8 +248,6 @@ class ContinuousTimeMethod(Method):
 
         Default (FM, adjoint): the ODE dz/dt = ``velocity`` on the uniform t-grid; CT overrides it.
         """
-        from ..solvers import integrate
-
         t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
         return integrate(lambda t, z: self.velocity(h_x, z, t), z_0, t_grid, solver, record)
 

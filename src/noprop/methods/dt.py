@@ -12,18 +12,68 @@ forward pass runs through the other blocks and no gradient reaches them. Back-pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.embeddings import ClassEmbedding
-from ..schedules import DiscreteSchedule, kl_prior
-from .base import Method
+from ..options import at_least, non_negative, positive
+from ..schedules import CosineSchedule, DiscreteSchedule, kl_prior
+from .base import BuildContext, Method, MethodOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class DTConfig(MethodOptions):
+    T: int = 10
+    """number of blocks (diffusion steps) for dt/backprop"""
+    eta: float = 0.1
+    """η, weight of the denoising term (Eq. 8; Table 3: 0.1 for dt, 1 for ct)"""
+    cosine_s: float = 0.008
+    """dt: offset s of the fixed cosine schedule (schedules.py)"""
+    alpha_bar_min: float = 1e-4
+    """dt: lower clip of ᾱ_t (the noise end)"""
+    alpha_bar_max: float = 0.999
+    """dt: upper clip of ᾱ_t (the label end; sets SNR(T) = 999)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("T", self.T)
+        positive("eta", self.eta)
+        non_negative("cosine_s", self.cosine_s)
+        if not 0.0 < self.alpha_bar_min < self.alpha_bar_max < 1.0:
+            raise ConfigError(
+                "need 0 < --alpha-bar-min < --alpha-bar-max < 1 "
+                f"(got {self.alpha_bar_min}, {self.alpha_bar_max})"
+            )
 
 
 class NoPropDT(Method):
     name = "dt"
+    label = "NoProp-DT"
+    Config = DTConfig
     default_optimizer = "adamw"
+    local_units = True
+
+    @classmethod
+    def from_config(cls, options: DTConfig, ctx: BuildContext) -> NoPropDT:
+        emb, head = ctx.embedding_and_head()
+        schedule = DiscreteSchedule.cosine(
+            CosineSchedule(
+                T=options.T,
+                s=options.cosine_s,
+                alpha_bar_min=options.alpha_bar_min,
+                alpha_bar_max=options.alpha_bar_max,
+            )
+        )
+        blocks = [ctx.block("discrete", emb.dim) for _ in range(options.T)]
+        return cls(blocks, emb, head, schedule, eta=options.eta)
+
+    @classmethod
+    def units_for(cls, options: DTConfig) -> int:
+        return options.T
 
     def __init__(
         self,
@@ -32,7 +82,7 @@ class NoPropDT(Method):
         head: nn.Module,
         schedule: DiscreteSchedule,
         *,
-        eta: float = 0.1,
+        eta: float = DTConfig.eta,
     ) -> None:
         super().__init__(embedding, head)
         if len(blocks) != schedule.T:
@@ -63,13 +113,29 @@ class NoPropDT(Method):
         u_y = self.embedding(y)  # (B, d)
         # 2. z_{t-1} ~ q(z_{t-1} | y) (Eq. 58; the algorithm's "z_t" is an index typo, spec §1.4)
         z_prev = s.sample_marginal(u_y, t - 1)
-        # 3. denoising L2 term, weighted by (T/2) η (SNR(t) − SNR(t−1)); ‖·‖² sums over d
-        l2 = (self.u_hat(t, x, z_prev) - u_y).pow(2).sum(-1).mean()
-        weight = 0.5 * self.T * self.eta * s.snr_delta[t]
+        logits = self.blocks[t - 1](x, z_prev)
+        # 4. (drawn after the block so that the RNG order is the block's dropout, then z_T)
+        z_T = s.sample_marginal(u_y, self.T)
+        return self.block_loss(logits, u_y, y, z_T, self.weight(t))
+
+    def weight(self, t: int | Tensor) -> Tensor:
+        """(T/2) η (SNR(t) − SNR(t−1)), the weight of block t's denoising term in Eq. 8."""
+        return 0.5 * self.T * self.eta * self.schedule.snr_delta[t]
+
+    def block_loss(
+        self, logits: Tensor, u_y: Tensor, y: Tensor, z_T: Tensor, weight: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Block t's term of Eq. 8 from its logits on z_{t−1} — the one DT loss.
+
+        The sequential step calls it for one block; ``--parallel fused`` calls it under ``vmap`` over
+        the T blocks' stacked logits, z_T samples and weights (parallel/fused.py).
+        """
+        # 3. denoising L2 term ‖û_θt(z_{t−1}, x) − u_y‖² (sums over d), weighted by (T/2) η ΔSNR
+        l2 = (logits.softmax(-1) @ self.embedding.weight - u_y).pow(2).sum(-1).mean()
         # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
-        ce = F.cross_entropy(self.head(s.sample_marginal(u_y, self.T), self.embedding.weight), y)
+        ce = F.cross_entropy(self.head(z_T, self.embedding.weight), y)
         # 5. KL(q(z_0 | y) ‖ N(0, I)): a constant for one-hot W_Embed
-        kl = kl_prior(u_y, s.alpha_bar[0]).mean()
+        kl = kl_prior(u_y, self.schedule.alpha_bar[0]).mean()
         total = ce + kl + weight * l2
         return total, {"loss": total.detach(), "l2": l2.detach(), "ce": ce.detach()}
 

@@ -18,13 +18,34 @@ z̃_1 ``z1_tilde`` = z_t + (1 − t) v_θ (Eq. 12), h_x the cached image feature
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from .base import ContinuousTimeMethod
+from ..options import at_least, non_negative
+from ..solvers import ODE_SOLVERS
+from .base import BuildContext, ContinuousTimeMethod, ContinuousTimeOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class FMConfig(ContinuousTimeOptions):
+    solver: Literal[ODE_SOLVERS] = "euler"  # type: ignore[valid-type]
+    """inference ODE solver: euler (default for fm/adjoint), heun, midpoint, rk4, dopri5 ..."""
+    fm_sigma: float = 0.0
+    """fm: σ of the Gaussian probability path (Eq. 10)"""
+    t_samples: int = 8
+    """ct/fm: independent (t, z_t) draws per image in each training step, sharing its image
+    features (the paper: 1; 8 chosen on MNIST validation accuracy, BENCHMARKS.md)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative("fm_sigma", self.fm_sigma)
+        at_least("t_samples", self.t_samples)
 
 
 def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
@@ -34,7 +55,22 @@ def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
 
 class NoPropFM(ContinuousTimeMethod):
     name = "fm"
+    label = "NoProp-FM"
+    Config = FMConfig
     default_optimizer = "adam"
+
+    @classmethod
+    def from_config(cls, options: FMConfig, ctx: BuildContext) -> NoPropFM:
+        emb, head = ctx.embedding_and_head()
+        return cls(
+            ctx.block("continuous", emb.dim),
+            emb,
+            head,
+            sigma=options.fm_sigma,
+            inference_steps=options.inference_steps,
+            solver=options.solver,
+            t_samples=options.t_samples,
+        )
 
     def __init__(
         self,
@@ -42,10 +78,10 @@ class NoPropFM(ContinuousTimeMethod):
         embedding: ClassEmbedding,
         head: torch.nn.Module,
         *,
-        sigma: float = 0.0,
-        inference_steps: int = 1000,
-        solver: str = "euler",
-        t_samples: int = 1,
+        sigma: float = FMConfig.fm_sigma,
+        inference_steps: int = FMConfig.inference_steps,
+        solver: str = FMConfig.solver,
+        t_samples: int = FMConfig.t_samples,
     ) -> None:
         super().__init__(
             block,
@@ -60,6 +96,10 @@ class NoPropFM(ContinuousTimeMethod):
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
         return super().shared_parameters() if self.embedding.learnable else []
+
+    def inert_parameters(self) -> list[torch.nn.Parameter]:
+        """With a fixed W_Embed no loss reads the head (the read-out is the nearest embedding)."""
+        return [] if self.embedding.learnable else list(self.head.parameters())
 
     def v(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
         """v_θ(z_t, x, t) = logits·W_Embed from cached image features h_x (spec §3.1)."""

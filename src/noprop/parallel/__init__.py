@@ -1,11 +1,12 @@
 """Parallel training beside the model, never inside it: blocks, schedules and methods never see a rank.
 
 * ``--parallel blocks`` (torchrun): block-parallel NoProp-DT, each rank trains its own blocks
-  (:mod:`.block_trainer`, :mod:`.placement`); with more ranks than blocks, blocks × data.
-* ``--parallel data`` (torchrun): data parallelism for every method (:mod:`.ddp`).
+  (:mod:`.blocks`, :mod:`.placement`); with more ranks than blocks, blocks × data.
+* ``--parallel data`` (torchrun): data parallelism for every method (:mod:`.ddp`, same components).
 * ``--parallel fused`` (one process): all T blocks in one vmapped step (:mod:`.fused`).
 
-See docs/parallel.md for commands and the scaling model.
+Each layout is the one :class:`~noprop.training.trainer.Trainer` with its own order, step function and
+callbacks; :func:`build_trainer` is the single place that picks them. See docs/parallel.md.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ import torch
 
 from ..config import RunConfig
 from ..methods.base import Method
+from ..tasks import Task
+from ..training.callbacks import Callback
+from ..training.offload import BlockOffloader
 from ..training.trainer import Trainer
+from .blocks import block_parallel_trainer
 from .distributed import DistContext, DistributedError, parallel_context
+from .fused import fused_trainer
 from .placement import BlockPlacement
 
 
@@ -25,18 +31,23 @@ def build_trainer(
     device: torch.device,
     ctx: DistContext | None,
     *,
+    task: Task | None = None,
     progress: bool = True,
+    callbacks: list[Callback] | None = None,
 ) -> Trainer:
     """The trainer for ``cfg.train.parallel`` on this rank (``ctx`` None: one process)."""
+    callbacks = list(callbacks or [])
+    kw = {"task": task, "progress": progress, "callbacks": callbacks}
     if ctx is not None:
-        from .block_trainer import BlockParallelTrainer
-
-        return BlockParallelTrainer(method, cfg, device, ctx, progress=progress)
-    if cfg.train.parallel == "fused":
-        from .fused import FusedTrainer
-
-        return FusedTrainer(method, cfg, device, progress=progress)  # type: ignore[arg-type]
-    return Trainer(method, cfg, device, progress=progress)
+        trainer = block_parallel_trainer(method, cfg.train, device, ctx, **kw)  # type: ignore[arg-type]
+    elif cfg.train.parallel == "fused":
+        trainer = fused_trainer(method, cfg.train, device, **kw)  # type: ignore[arg-type]
+    else:
+        trainer = Trainer(method, cfg.train, device, **kw)  # type: ignore[arg-type]
+    if cfg.train.offload_blocks:  # --order blocks (checked by RunConfig): one block per step
+        units = [trainer.method.unit_modules(u) for u in range(trainer.method.num_units)]
+        trainer.callbacks.insert(0, BlockOffloader(units, trainer.optimizers, device))
+    return trainer
 
 
 __all__ = [

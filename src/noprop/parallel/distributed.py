@@ -24,8 +24,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 
 from ..config import RunConfig
+from ..device import pick_device
 from ..errors import ConfigError, NoPropError
 from .placement import BlockPlacement
 
@@ -88,8 +90,6 @@ class DistContext:
         return self.placement.replica_of(self.rank)
 
     def barrier(self, what: str) -> None:
-        import torch.distributed as dist
-
         with collective(self, what):
             dist.barrier()
 
@@ -120,8 +120,6 @@ def collective(ctx: DistContext | None, what: str) -> Iterator[None]:
 
 def rank_device(name: str, env: LaunchEnv) -> torch.device:
     """One device per rank: CPU, or ``cuda:LOCAL_RANK`` for ``auto``/``cuda``."""
-    from ..training.trainer import pick_device
-
     device = pick_device(name)
     if device.type != "cuda":
         return device
@@ -141,13 +139,13 @@ def rank_device(name: str, env: LaunchEnv) -> torch.device:
 
 
 def _num_units(cfg: RunConfig) -> int:
-    return cfg.method.T if cfg.method.method == "dt" else 1
+    """Units to place: the method's (one for methods whose units do not train alone)."""
+    cls = cfg.method.cls
+    return cls.units_for(cfg.options) if cls.local_units else 1
 
 
 def _data_group(placement: BlockPlacement, rank: int) -> Any:
     """Create every block group's replica group (all ranks must call new_group in the same order)."""
-    import torch.distributed as dist
-
     if placement.data_degree == 1:
         return None
     if placement.block_degree == 1:
@@ -168,8 +166,6 @@ def parallel_context(cfg: RunConfig) -> Iterator[DistContext | None]:
     exactly the sequential trainer. ``--parallel none|fused`` under torchrun with several ranks is an
     error: every rank would train the whole model and write the same run directory.
     """
-    import torch.distributed as dist
-
     mode, env = cfg.train.parallel, launch_env()
     if env is None or env.world_size == 1:
         if mode in ("blocks", "data") and env is None:

@@ -1,5 +1,9 @@
 """Fused all-blocks step (``--parallel fused``, one process): all T DT blocks on one mini-batch at once.
 
+:class:`FusedStep` is a step function of the ordinary trainer (with the fused interleaved order,
+:func:`fused_trainer`). Its loss is NoProp-DT's own per-block loss, :meth:`NoPropDT.block_loss`, evaluated
+under ``vmap`` over the T blocks — there is no second copy of Eq. 8 here.
+
 The T blocks' parameters and buffers are stacked along a new leading dimension
 (``torch.func.stack_module_state``) and the block is evaluated once under ``torch.func.vmap`` through
 ``functional_call`` on a parameter-free template: one batched kernel per layer for all T blocks instead
@@ -34,19 +38,22 @@ the sequential trainer in distribution, not bit for bit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..config import RunConfig
 from ..errors import ConfigError, DivergenceError
 from ..methods.dt import NoPropDT
 from ..models.dropout import FastDropout
-from ..schedules import kl_prior
-from ..training.trainer import Trainer, batches, derive_seed, make_optimizer
+from ..tasks import Task
+from ..training.callbacks import Callback
+from ..training.config import TrainConfig
+from ..training.order import Interleaved, Step
+from ..training.steps import Optimizers, Parts, StepFunction, make_optimizer
+from ..training.trainer import Trainer
 
 
 def vmap_safe(module: nn.Module) -> nn.Module:
@@ -73,26 +80,24 @@ def check_same_structure(blocks: list[nn.Module]) -> None:
             )
 
 
-class FusedTrainer(Trainer):
-    """Trains all T blocks of NoProp-DT per mini-batch in one vmapped step (module docstring)."""
+class FusedStep(StepFunction):
+    """One optimiser step of every block (and one of the shared parameters) on one batch."""
 
-    def __init__(
-        self, method: NoPropDT, cfg: RunConfig, device: torch.device, *, progress: bool = True
-    ) -> None:
+    def __init__(self, method: NoPropDT, optimizers: Optimizers) -> None:
         if not isinstance(method, NoPropDT):
             raise ConfigError("--parallel fused needs --method dt")
-        super().__init__(method, cfg, device, progress=progress)
-        blocks = list(self.method.blocks)
+        super().__init__(method, optimizers)
+        self.dt = method
+        blocks = list(method.blocks)
         check_same_structure(blocks)
-        self.template = vmap_safe(copy.deepcopy(blocks[0]).to("meta"))
+        self.template = vmap_safe(copy.deepcopy(blocks[0]).to("meta")).train()
         self.params, self.buffers = self._stack()
-        t = cfg.train
-        opt = method.default_optimizer if t.optimizer == "auto" else t.optimizer
-        self.fused_optimizer = make_optimizer(opt, list(self.params.values()), t.lr, t.weight_decay)
+        self.fused_optimizer = optimizers.make(list(self.params.values()))
         self._logits = vmap(self._block_logits, in_dims=(0, 0, None, 0), randomness="different")
+        self._loss = vmap(method.block_loss, in_dims=(0, None, None, 0, 0))
 
     def _stack(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        params, buffers = stack_module_state(list(self.method.blocks))
+        params, buffers = stack_module_state(list(self.dt.blocks))
         params = {k: v.detach().contiguous().requires_grad_() for k, v in params.items()}
         return params, {k: v.contiguous() for k, v in buffers.items()}
 
@@ -101,91 +106,55 @@ class FusedTrainer(Trainer):
     ) -> Tensor:
         return functional_call(self.template, (params, buffers), (x, z_prev))
 
-    def to_device(self, t: Tensor) -> Tensor:
-        return t.to(self.device)  # contiguous: vmap cannot query channels-last layouts
-
-    # ----------------------------------------------------------------- step
-    def fused_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. 8 / Eq. 61 for every block t = 1..T on one batch; per-block losses, shape (T,).
-
-        Mirrors :meth:`NoPropDT.loss` (tests/test_parallel.py checks the two agree)."""
-        m, s = self.method, self.method.schedule
-        T, W = m.T, m.embedding.weight
-        # 1. u_y = W_Embed[y]
+    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Parts]:
+        """Eq. 8 for every block t = 1..T on one batch: per-block losses (T,), by vmap of
+        :meth:`NoPropDT.block_loss` (the sequential step's loss)."""
+        m, s = self.dt, self.dt.schedule
+        T = m.T
         u_y = m.embedding(y)  # (B, d)
         # noise in the sequential interleaved order: per block, ε for z_{t-1}, then ε for z_T
         eps = [torch.randn(u_y.shape, device=u_y.device, dtype=u_y.dtype) for _ in range(2 * T)]
         eps_prev, eps_T = torch.stack(eps[0::2]), torch.stack(eps[1::2])  # (T, B, d) each
-        # 2. z_{t-1} ~ q(z_{t-1} | y) for t = 1..T (Eq. 58)
         ab_prev = s.alpha_bar[:T].view(T, 1, 1)
-        z_prev = ab_prev.sqrt() * u_y + (1 - ab_prev).sqrt() * eps_prev  # (T, B, d)
-        # 3. denoising L2 terms, all blocks in one vmapped call
-        logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
-        l2 = (logits.softmax(-1) @ W - u_y).pow(2).sum(-1).mean(-1)  # (T,)
-        weight = 0.5 * T * m.eta * s.snr_delta[1 : T + 1]  # (T,)
-        # 4. cross-entropy of the head on z_T ~ q(z_T | y), one sample per block
+        z_prev = ab_prev.sqrt() * u_y + (1 - ab_prev).sqrt() * eps_prev  # z_{t−1} ~ q, Eq. 58
         ab_T = s.alpha_bar[T]
         z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T  # (T, B, d)
-        head_logits = m.head(z_T.reshape(-1, z_T.shape[-1]), W)  # (T·B, m)
-        ce = F.cross_entropy(head_logits, y.repeat(T), reduction="none").view(T, -1).mean(-1)
-        # 5. KL(q(z_0 | y) ‖ N(0, I))
-        kl = kl_prior(u_y, s.alpha_bar[0]).mean()
-        total = ce + kl + weight * l2  # (T,)
-        return total, {"loss": total.detach(), "l2": l2.detach(), "ce": ce.detach()}
+        logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
+        return self._loss(logits, u_y, y, z_T, m.weight(torch.arange(1, T + 1, device=y.device)))
 
-    def fused_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """One optimiser step of every block (and one of the shared parameters) on one batch."""
+    def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
         self.fused_optimizer.zero_grad(set_to_none=True)
         shared = self.method.shared_parameters()
-        if self.shared_optimizer is not None:
-            self.shared_optimizer.zero_grad(set_to_none=True)
-        total, parts = self.fused_loss(x, y)
+        if self.optimizers.shared is not None:
+            self.optimizers.shared.zero_grad(set_to_none=True)
+        total, parts = self.loss(x, y)
         bad = (~torch.isfinite(total)).nonzero().flatten().tolist()
         if bad:
-            self._diverged(bad, "loss")
+            self._diverged(bad, "loss", epoch)
         # block t's parameters appear only in total[t-1], so each gets exactly its own gradient
         total.sum().backward()
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         per_block = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).sum(0)  # (T,)
         bad = (~torch.isfinite(per_block)).nonzero().flatten().tolist()
         if bad:
-            self._diverged(bad, "gradient")
+            self._diverged(bad, "gradient", epoch)
         for p in shared:  # Σ_t → mean over the T blocks' shared gradients
             if p.grad is not None:
-                p.grad /= self.method.T
+                p.grad /= self.dt.T
         self.fused_optimizer.step()
-        if self.shared_optimizer is not None:
-            self.shared_optimizer.step()
-        return parts
+        if self.optimizers.shared is not None:
+            self.optimizers.shared.step()
+        return [(u, {k: v[u] for k, v in parts.items()}) for u in step.units]
 
-    def _diverged(self, units: list[int], what: str) -> None:
+    def _diverged(self, units: list[int], what: str, epoch: int) -> None:
         blocks = ", ".join(str(u + 1) for u in units)
-        raise DivergenceError(
-            f"{what} became NaN or infinite in block {blocks} at epoch {self.state.epoch + 1}"
-        )
-
-    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, list[float | None]]:
-        """One epoch in interleaved order, seeded like the sequential trainer's interleaved pass."""
-        self.method.train()
-        self.template.train()
-        seed, bs = self.cfg.train.seed, self.cfg.train.batch_size
-        torch.manual_seed(derive_seed(seed, epoch, -1))
-        gen = torch.Generator().manual_seed(derive_seed(seed, epoch, -1))
-        sums: dict[str, Tensor] = {}
-        count = 0
-        for idx in batches(x.shape[0], bs, gen):
-            idx = idx.to(self.device)
-            for k, v in self.fused_step(x[idx], y[idx]).items():
-                sums[k] = sums[k] + v if k in sums else v
-            count += 1
-        self.write_back()
-        return {k: (v / max(count, 1)).tolist() for k, v in sums.items()}
+        raise DivergenceError(f"{what} became NaN or infinite in block {blocks} at epoch {epoch + 1}")
 
     # ------------------------------------------------- sequential-format state
     @torch.no_grad()
-    def write_back(self) -> None:
+    def sync_modules(self) -> None:
         """Copy the stacked parameters and buffers into the per-block modules."""
-        for t, block in enumerate(self.method.blocks):
+        for t, block in enumerate(self.dt.blocks):
             for name, p in block.named_parameters():
                 p.copy_(self.params[name][t])
             for name, b in block.named_buffers():
@@ -195,7 +164,7 @@ class FusedTrainer(Trainer):
         """The fused AdamW state split into the sequential trainer's per-unit state dicts."""
         fused = self.fused_optimizer.state_dict()["state"]
         out = []
-        for u, opt in enumerate(self.optimizers):
+        for u, opt in enumerate(self.optimizers.units):
             sd = opt.state_dict()  # param_groups with this unit's parameter indices, no state
             sd["state"] = {
                 i: {
@@ -208,21 +177,20 @@ class FusedTrainer(Trainer):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        self.write_back()
-        sd = super().state_dict()
+        sd = self.optimizers.state_dict()
         sd["optimizers"] = self._unit_optimizer_states()
         return sd
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """Load a sequential-format trainer state (fused or not) and restack it."""
-        super().load_state_dict(sd)
+        """Load a sequential-format optimiser state (fused or not) and restack the blocks."""
+        self.optimizers.load_state_dict(sd)
         params, buffers = self._stack()
         for name, v in params.items():
             self.params[name].copy_(v)
         for name, v in buffers.items():
             self.buffers[name].copy_(v)
-        states = [o.state_dict()["state"] for o in self.optimizers]
+        states = [o.state_dict()["state"] for o in self.optimizers.units]
         if any(states) and not all(states):
             raise ConfigError("cannot fuse: some blocks have optimiser state and others none")
         if all(states):
@@ -242,5 +210,33 @@ class FusedTrainer(Trainer):
             opt_sd = self.fused_optimizer.state_dict()
             opt_sd["state"] = fused
             self.fused_optimizer.load_state_dict(opt_sd)
-        for opt in self.optimizers:  # their state now lives in the fused optimiser
+        for opt in self.optimizers.units:  # their state now lives in the fused optimiser
             opt.state.clear()
+
+
+def fused_trainer(
+    method: NoPropDT,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    task: Task | None = None,
+    progress: bool = True,
+    callbacks: list[Callback] | None = None,
+) -> Trainer:
+    """The one-process trainer of ``--parallel fused``: every block on every batch, one vmapped step."""
+    if not isinstance(method, NoPropDT):
+        raise ConfigError("--parallel fused needs --method dt")
+    trainer = Trainer(
+        method,
+        cfg,
+        device,
+        task=task,
+        progress=progress,
+        order=Interleaved(range(method.num_units), cfg.batch_size, cfg.seed, fused=True),
+        step=FusedStep,  # type: ignore[arg-type]
+        callbacks=callbacks or [],
+    )
+    # contiguous inputs: vmap cannot query channels-last layouts (the stacked parameters are made
+    # contiguous too, FusedStep._stack)
+    trainer.cfg = dataclasses.replace(trainer.cfg, channels_last=False)
+    return trainer

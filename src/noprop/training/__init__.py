@@ -1,6 +1,24 @@
-"""Training loop, run directories and checkpoints."""
+"""The training loop (orders, step functions, callbacks), its options and checkpoints."""
 
-from .run import evaluate_run, load_run, train
-from .trainer import Trainer, evaluate
+from .callbacks import Callback, FiniteParameters
+from .config import TrainConfig
+from .order import Algorithm1, Interleaved, Step, derive_seed
+from .steps import LocalStep, Optimizers, StepFunction, make_optimizer
+from .trainer import Trainer, TrainState, evaluate
 
-__all__ = ["Trainer", "evaluate", "evaluate_run", "load_run", "train"]
+__all__ = [
+    "Algorithm1",
+    "Callback",
+    "FiniteParameters",
+    "Interleaved",
+    "LocalStep",
+    "Optimizers",
+    "Step",
+    "StepFunction",
+    "TrainConfig",
+    "TrainState",
+    "Trainer",
+    "derive_seed",
+    "evaluate",
+    "make_optimizer",
+]

@@ -1,16 +1,13 @@
 """Crash-safe, code-free checkpoints.
 
-Files are written to a temporary file in the same directory, flushed and fsynced, then atomically
-renamed over the target (and the directory fsynced), so the previous good file survives until the new
-one is complete. Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded with
+Files are written with :func:`noprop.atomic.atomic_write`, so the previous good checkpoint survives
+until the new one is complete. Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded with
 ``torch.load(weights_only=True)``: a file carrying arbitrary pickled objects is refused, never executed.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import pickle
 import warnings
 from collections.abc import Callable
@@ -19,44 +16,10 @@ from typing import IO, Any
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError
 
 FORMAT_VERSION = 1
-TMP_MARKER = ".tmp-"
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary sibling ``atomic_write`` writes first (``.NAME.tmp-PID``)."""
-    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via ``write(fileobj)`` so that it is either the old or the complete new file.
-
-    A process killed at any point leaves either the old file or the new one at ``path`` (plus, at
-    worst, a stale ``.NAME.tmp-PID`` sibling, which :meth:`RunDir.remove_stale_temp_files` deletes).
-    """
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    atomic_write(path, lambda f: f.write(data))
 
 
 def save_checkpoint(

@@ -1,4 +1,4 @@
-"""Keep only the block being trained (and its optimiser state) on the accelerator.
+"""Keep only the block being trained (and its optimiser state) on the accelerator (``--offload-blocks``).
 
 NoProp-DT's training graph involves one block at a time, so in Algorithm-1 order (blocks outer) the
 other T−1 blocks and their Adam moments can wait in host memory: accelerator memory then holds one
@@ -11,8 +11,16 @@ On a CPU-only run the home and compute devices coincide and this is a no-op.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from .callbacks import Callback
+
+if TYPE_CHECKING:
+    from .order import Step
+    from .trainer import Trainer
 
 HOST = torch.device("cpu")
 
@@ -24,7 +32,7 @@ def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> N
                 state[k] = v.to(device, non_blocking=True)
 
 
-class BlockOffloader:
+class BlockOffloader(Callback):
     """Moves units (blocks) between a ``home`` device (host) and the ``compute`` device."""
 
     def __init__(
@@ -64,3 +72,18 @@ class BlockOffloader:
         for u in range(len(self.unit_modules)):
             for m in self.unit_modules[u]:
                 m.to(self.compute)
+
+    # -- callback points
+    def on_step(self, trainer: Trainer, step: Step) -> None:
+        # --offload-blocks needs --order blocks: one unit per step (none on an idle parallel step)
+        for unit in step.units:
+            self.activate(unit)
+
+    def before_eval(self, trainer: Trainer) -> None:
+        self.gather()
+
+    def after_eval(self, trainer: Trainer) -> None:
+        self.scatter()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.gather()  # the caller evaluates and saves the whole model next

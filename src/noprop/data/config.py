@@ -1,0 +1,33 @@
+"""Which data set a run reads, and how it is split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..options import at_least
+from .datasets import DATASETS
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: str = "digits"
+    """digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100"""
+    data_dir: str | None = None
+    """directory holding the data set files (downloaded there when missing and online)"""
+    val_fraction: float = 0.1
+    """fraction of the training set held out for model selection"""
+    max_train_samples: int | None = None
+    """use at most N training examples (after the validation split)"""
+    download: bool = True
+    """download missing data files (default on; --no-download to forbid)"""
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+        if self.max_train_samples is not None:
+            at_least("max_train_samples", self.max_train_samples)

@@ -1,0 +1,278 @@
+"""The run directory schema: every file name of a run, and the typed records in them.
+
+Files: ``config.json`` (the resolved :class:`~noprop.config.RunConfig`), ``metrics.jsonl`` (one
+:class:`EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
+``summary.json`` (:class:`Summary`, written once at the end), and the evaluation outputs
+``eval_steps.json`` (``noprop eval --steps``) and ``eval5.json`` (``noprop bench reproduce``).
+Everything that reads a run — ``eval``, ``plot``, ``bench`` — goes through :class:`RunDir`.
+
+``metrics.jsonl`` is appended (and fsynced) *before* the epoch's checkpoint is written; on resume,
+lines past the checkpoint's epoch are dropped, so a crash between the two never leaves a duplicated or
+missing epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import TMP_MARKER, atomic_write, atomic_write_json
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError, NoPropError
+
+CONFIG, METRICS, CHECKPOINT, SUMMARY = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "summary.json",
+)
+EVAL_STEPS, EVAL5 = "eval_steps.json", "eval5.json"
+FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5)
+
+
+@dataclass
+class EpochRecord:
+    """One line of ``metrics.jsonl``: per-block (per-unit) epoch means of the loss and its parts
+    (``block_<part>``, None for a block not trained), timings and the validation accuracy."""
+
+    epoch: int
+    block_loss: list[float | None]
+    epoch_seconds: float
+    wall_seconds: float
+    data_passes: float
+    val_accuracy: float | None = None
+    val_accuracy_per_step: list[float] | None = None
+    #: the method's other loss parts, e.g. ``{"block_l2": [...], "block_ce": [...]}``
+    parts: dict[str, list[float | None]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"parts"}
+        own = {k: v for k, v in d.items() if k in names}
+        return cls(**own, parts={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parts"}
+        if self.val_accuracy is None:  # no validation split: the keys are absent, as in noprop 0.1
+            d.pop("val_accuracy")
+            d.pop("val_accuracy_per_step")
+        return {**d, **self.parts}
+
+
+@dataclass
+class Summary:
+    """``summary.json``: the validation-selected model's test accuracy and the run's facts."""
+
+    method: str
+    dataset: str
+    embedding: str
+    val_accuracy: float | None
+    best_epoch: int
+    test_accuracy: float
+    test_accuracy_deterministic: float
+    test_accuracy_per_step: list[float]
+    train_seconds: float
+    epochs: int
+    data_passes: float
+    params_per_block: int
+    num_train: int
+    num_val: int
+    num_test: int
+    device: str
+    cpu: str
+    num_threads: int
+    parallel: str
+    world_size: int
+    torch_version: str
+    noprop_version: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Summary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - set(d)
+        if missing:
+            raise NoPropError(f"summary.json lacks {sorted(missing)}")
+        return cls(**{k: d[k] for k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file, None if absent; a one-line NoPropError if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise NoPropError(f"cannot read {path}: {e}") from None
+
+
+class RunDir:
+    """A run directory (module docstring); nothing is created until :meth:`start`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def eval_steps_path(self) -> Path:
+        return self.path / EVAL_STEPS
+
+    @property
+    def eval5_path(self) -> Path:
+        return self.path / EVAL5
+
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such run directory")
+        if not self.is_run():
+            raise CheckpointError(f"{self.path} is not a noprop run directory (no {CONFIG})")
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {self.config_path}: {e}") from None
+
+    def config(self) -> RunConfig:
+        """The run's config, typed (noprop 0.1 files are read too, see noprop/config.py)."""
+        return RunConfig.from_dict(self.read_config())
+
+    def check_writable(self, *, overwrite: bool, config: dict[str, Any]) -> None:
+        """Refuse to reuse a directory holding another run (unless ``overwrite``) or an unwritable
+        location. Writes nothing: the directory is only created by :meth:`start`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path} exists and is not a directory")
+        try:
+            occupied = self.path.is_dir() and any(self.path.iterdir())
+        except OSError as e:
+            raise ConfigError(f"cannot read --out {self.path}: {e.strerror or e}") from None
+        if occupied and not overwrite:
+            if not self.is_run():
+                raise ConfigError(
+                    f"--out {self.path} already holds files that are not a noprop run; choose "
+                    "another --out or use --overwrite to write the run there anyway"
+                )
+            try:
+                same = self.read_config() == config
+            except CheckpointError:
+                same = False
+            what = "a run with the same config" if same else "a different run"
+            raise ConfigError(
+                f"--out {self.path} already holds {what}; use --resume {self.path} to continue it "
+                "or --overwrite to replace it"
+            )
+        # The nearest existing ancestor must be a directory we may write into.
+        parent = self.path
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"cannot write to --out {self.path}: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write to --out {self.path}: permission denied on {parent}")
+
+    def start(self, config: dict[str, Any], *, overwrite: bool) -> None:
+        """Create the directory (removing what this method created if it turns out unwritable),
+        clear an overwritten run's files and write ``config.json``."""
+        self.check_writable(overwrite=overwrite, config=config)
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            for p in created:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+            raise ConfigError(f"cannot write to --out {self.path}: {e.strerror or e}") from None
+        if overwrite:
+            for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5):
+                (self.path / name).unlink(missing_ok=True)
+        self.remove_stale_temp_files()
+        atomic_write_json(self.config_path, config)
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete ``.NAME.tmp-PID`` files left by a process killed inside :func:`atomic_write`."""
+        for name in FILES:
+            for stale in self.path.glob(f".{name}{TMP_MARKER}*"):
+                stale.unlink(missing_ok=True)
+        for stale in self.path.glob(".write-probe-*"):
+            stale.unlink(missing_ok=True)
+
+    def append_metrics(self, record: EpochRecord | dict[str, Any]) -> None:
+        if isinstance(record, EpochRecord):
+            record = record.to_dict()
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash mid-append
+        return out
+
+    def records(self) -> list[EpochRecord]:
+        """``metrics.jsonl`` as typed records."""
+        return [EpochRecord.from_dict(r) for r in self.read_metrics()]
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Keep only the records of epochs 1..last_epoch (called on resume)."""
+        keep = [r for r in self.read_metrics() if r.get("epoch", 0) <= last_epoch]
+        data = "".join(json.dumps(r) + "\n" for r in keep).encode()
+        atomic_write(self.metrics_path, lambda f: f.write(data))
+
+    def write_summary(self, summary: Summary | dict[str, Any]) -> None:
+        if isinstance(summary, Summary):
+            summary = summary.to_dict()
+        atomic_write_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json`` (None while the run has not finished)."""
+        return _read_json(self.summary_path)
+
+    def summary(self) -> Summary | None:
+        d = self.read_summary()
+        return None if d is None else Summary.from_dict(d)
+
+    def read_eval_steps(self) -> dict[str, Any] | None:
+        return _read_json(self.eval_steps_path)
+
+    def write_eval_steps(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.eval_steps_path, result)
+
+    def read_eval5(self) -> dict[str, Any] | None:
+        return _read_json(self.eval5_path)
+
+    def write_eval5(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.eval5_path, result)

@@ -1,0 +1,62 @@
+"""The task contract: what a method and the trainer need to know about the data, and nothing else.
+
+A task owns its data spec (input shape, number of classes, class names), loads its splits, builds the
+blocks that suit its inputs (the method decides how many and how they are trained), moves batches to
+the device in the layout its blocks run fastest in, and scores predictions with its metric. Methods and
+the trainer ask the task instead of assuming images; adding a task (e.g. next-token prediction) means
+one new file here and one line in :data:`noprop.tasks.TASKS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..data import DataConfig, DataSplits
+
+#: the two block families: a DT/back-prop block û_θt(z, x), or a CT/FM block û_θ(z, x, t)
+BlockFamily = Literal["discrete", "continuous"]
+
+
+class Task(ABC):
+    """One kind of supervised problem (see module docstring)."""
+
+    name: ClassVar[str]
+    #: the name of :meth:`score`'s metric in records (``val_<metric>``) and tables
+    metric: ClassVar[str] = "accuracy"
+
+    @property
+    @abstractmethod
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input (without the batch dimension)."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """m, the number of labels (the size of the output space)."""
+
+    @abstractmethod
+    def load(self, data: DataConfig, seed: int) -> DataSplits:
+        """The normalised train/validation/test splits."""
+
+    @abstractmethod
+    def build_block(self, family: BlockFamily, kind: str, d: int) -> nn.Module:
+        """One block of ``family`` for label embeddings of dimension ``d`` (``kind``: ``--block``)."""
+
+    def to_device(self, t: Tensor, device: torch.device, *, fast_layout: bool = True) -> Tensor:
+        """A tensor of this task's data on ``device`` (subclasses may choose a faster layout)."""
+        return t.to(device)
+
+    def prepare_model(self, model: nn.Module, *, fast_layout: bool = True) -> nn.Module:
+        """Put a model into the memory layout matching :meth:`to_device` (default: unchanged)."""
+        return model
+
+    def score(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Metric numerator per read-out: logits (S, B, m), labels (B,) → (S,) summed over B.
+
+        The default is the number of correct argmax predictions (accuracy = score / B).
+        """
+        return (logits.argmax(-1) == y).sum(-1)
