@@ -114,28 +114,31 @@ class NoPropDT(Method):
         # 2. z_{t-1} ~ q(z_{t-1} | y) (Eq. 58; the algorithm's "z_t" is an index typo, spec §1.4)
         z_prev = s.sample_marginal(u_y, t - 1)
         logits = self.blocks[t - 1](x, z_prev)
-        # 4. (drawn after the block so that the RNG order is the block's dropout, then z_T)
-        z_T = s.sample_marginal(u_y, self.T)
-        return self.block_loss(logits, u_y, y, z_T, self.weight(t))
+        # the noise of z_T is drawn after the block's forward (its dropout masks come first)
+        eps_T = torch.randn(u_y.shape, device=u_y.device, dtype=u_y.dtype)
+        return self.block_loss(logits, u_y, y, eps_T, self.weight(t))
 
     def weight(self, t: int | Tensor) -> Tensor:
         """(T/2) η (SNR(t) − SNR(t−1)), the weight of block t's denoising term in Eq. 8."""
         return 0.5 * self.T * self.eta * self.schedule.snr_delta[t]
 
     def block_loss(
-        self, logits: Tensor, u_y: Tensor, y: Tensor, z_T: Tensor, weight: Tensor
+        self, logits: Tensor, u_y: Tensor, y: Tensor, eps_T: Tensor, weight: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Block t's term of Eq. 8 from its logits on z_{t−1} — the one DT loss.
+        """Block t's term of Eq. 8 from its logits on z_{t−1} and the noise ε of z_T — the one DT loss.
 
         The sequential step calls it for one block; ``--parallel fused`` calls it under ``vmap`` over
-        the T blocks' stacked logits, z_T samples and weights (parallel/fused.py).
+        the T blocks' stacked logits, noises and weights (parallel/fused.py).
         """
+        s, W = self.schedule, self.embedding.weight
         # 3. denoising L2 term ‖û_θt(z_{t−1}, x) − u_y‖² (sums over d), weighted by (T/2) η ΔSNR
-        l2 = (logits.softmax(-1) @ self.embedding.weight - u_y).pow(2).sum(-1).mean()
+        l2 = (logits.softmax(-1) @ W - u_y).pow(2).sum(-1).mean()
         # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
-        ce = F.cross_entropy(self.head(z_T, self.embedding.weight), y)
+        ab_T = s.alpha_bar[self.T]
+        z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T
+        ce = F.cross_entropy(self.head(z_T, W), y)
         # 5. KL(q(z_0 | y) ‖ N(0, I)): a constant for one-hot W_Embed
-        kl = kl_prior(u_y, self.schedule.alpha_bar[0]).mean()
+        kl = kl_prior(u_y, s.alpha_bar[0]).mean()
         total = ce + kl + weight * l2
         return total, {"loss": total.detach(), "l2": l2.detach(), "ce": ce.detach()}
 

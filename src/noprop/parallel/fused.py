@@ -117,10 +117,8 @@ class FusedStep(StepFunction):
         eps_prev, eps_T = torch.stack(eps[0::2]), torch.stack(eps[1::2])  # (T, B, d) each
         ab_prev = s.alpha_bar[:T].view(T, 1, 1)
         z_prev = ab_prev.sqrt() * u_y + (1 - ab_prev).sqrt() * eps_prev  # z_{t−1} ~ q, Eq. 58
-        ab_T = s.alpha_bar[T]
-        z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T  # (T, B, d)
         logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
-        return self._loss(logits, u_y, y, z_T, m.weight(torch.arange(1, T + 1, device=y.device)))
+        return self._loss(logits, u_y, y, eps_T, m.weight(torch.arange(1, T + 1, device=y.device)))
 
     def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
         self.fused_optimizer.zero_grad(set_to_none=True)
