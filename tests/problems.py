@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from noprop.config import make_config
-from noprop.methods import build_method
+from noprop import build_method
 
 
 def tiny_data(n: int = 64, shape=(1, 8, 8), num_classes: int = 4, seed: int = 0):
@@ -16,6 +16,9 @@ def tiny_data(n: int = 64, shape=(1, 8, 8), num_classes: int = 4, seed: int = 0)
 
 
 def tiny_method(method: str = "dt", embedding: str = "one-hot", T: int = 3, **kw):
+    """A tiny method; ``T`` is passed to the methods that have blocks (dt, backprop)."""
     x, y = tiny_data()
-    cfg = make_config(method=method, embedding=embedding, T=T, block="mlp", embed_dim=6, **kw)
+    if method in ("dt", "backprop"):
+        kw["T"] = T
+    cfg = make_config(method=method, embedding=embedding, block="mlp", embed_dim=6, **kw)
     return build_method(cfg, x.shape[1:], 4, x, y), cfg, (x, y)

@@ -8,13 +8,12 @@ import torch
 
 from noprop.config import make_config
 from noprop.errors import ConfigError
-from noprop.methods import build_method
+from noprop import build_method
 from noprop.models.blocks import count_parameters
 from noprop.models.ct_blocks import build_ct_block
 from noprop.schedules_ct import LearnedSchedule
 from noprop.solvers import ADAPTIVE, SOLVERS, integrate, record_indices
-from noprop.training.run import train
-from noprop.training.steps_sweep import sweep_steps
+from noprop.runs import sweep_steps, train
 
 from .problems import tiny_data
 
@@ -129,7 +128,8 @@ def test_ct_block_parameter_counts_match_table5(key):
 @pytest.mark.parametrize("method", ["ct", "fm", "adjoint"])
 def test_params_per_block_via_method(method, embedding):
     x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
-    cfg = make_config(method=method, embedding=embedding, adjoint_steps=2, inference_steps=3)
+    extra = {"adjoint_steps": 2} if method == "adjoint" else {}
+    cfg = make_config(method=method, embedding=embedding, inference_steps=3, **extra)
     model = build_method(cfg, (1, 28, 28), 10, x, y)
     expected = dict(
         zip(("one-hot", "learned", "prototype"), TABLE5_CT[((1, 28, 28), 10)], strict=True)
@@ -313,7 +313,7 @@ def test_adjoint_gradient_matches_direct_backprop():
 
 # ------------------------------------------------------------------------------- config
 def test_config_validation_and_eta_defaults():
-    assert make_config().method.eta is None
+    assert make_config().options.eta == 0.1 and make_config(method="ct").options.eta == 1.0
     x, y = tiny_data()
     dt = build_method(make_config(method="dt", block="mlp", T=2), x.shape[1:], 4, x, y)
     ct = build_method(make_config(method="ct", block="mlp"), x.shape[1:], 4, x, y)
@@ -321,14 +321,16 @@ def test_config_validation_and_eta_defaults():
     assert build_method(make_config(method="ct", eta=0.5), x.shape[1:], 4, x, y).eta == 0.5
     for bad in (
         {"method": "fm", "solver": "ancestral"},
-        {"solver": "leapfrog"},
-        {"inference_steps": 0},
-        {"adjoint_steps": 0},
-        {"gamma_min": 5.0, "gamma_max": -5.0},
-        {"fm_sigma": -0.1},
-        {"gamma_width": 0},
-        {"t_samples": 0},
+        {"method": "ct", "solver": "leapfrog"},
+        {"method": "ct", "inference_steps": 0},
+        {"method": "adjoint", "adjoint_steps": 0},
+        {"method": "ct", "gamma_min": 5.0, "gamma_max": -5.0},
+        {"method": "fm", "fm_sigma": -0.1},
+        {"method": "ct", "gamma_width": 0},
+        {"method": "fm", "t_samples": 0},
         {"eta": 0.0},
+        {"solver": "euler"},  # dt has no solver: a one-line error, not silently dropped
+        {"method": "dt", "fm_sigma": 0.5},
     ):
         with pytest.raises(ConfigError):
             make_config(**bad)

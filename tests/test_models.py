@@ -7,7 +7,7 @@ import torch
 
 from noprop.config import make_config
 from noprop.errors import ConfigError
-from noprop.methods import build_method
+from noprop import build_method
 from noprop.models import build_dt_block, build_embedding, build_head, count_parameters
 from noprop.models.embeddings import prototype_init
 

@@ -26,9 +26,12 @@ from noprop.cli import main
 from noprop.config import make_config
 from noprop.errors import ConfigError
 from noprop.parallel import BlockPlacement, build_trainer, parallel_context
-from noprop.parallel.fused import FusedTrainer
+from noprop import build_method
+from noprop.parallel.fused import fused_trainer
 from noprop.training.checkpoint import load_checkpoint
-from noprop.training.run import PAUSE_ENV, build_for_data, load_data
+from noprop.runs.pause import PAUSE_ENV
+from noprop.runs.train import load_data
+from noprop.training.order import Step
 from noprop.training.trainer import Trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -38,6 +41,10 @@ TINY_ARGS = [
     "--method", "dt", "--T", "3", "--no-progress",
 ]  # fmt: skip
 CPU = torch.device("cpu")
+
+
+def FusedTrainer(method, cfg, device, **kw):  # noqa: N802 (stands in for a trainer class)
+    return fused_trainer(method, cfg.train, device, **kw)
 
 
 # ------------------------------------------------------------------------------------ placement
@@ -71,7 +78,7 @@ def test_parallel_flags_are_validated():
 # ---------------------------------------------------------------------------------------- fused
 def _trainer(cfg, data, cls, dtype):
     torch.set_num_threads(1)
-    return cls(build_for_data(cfg, data).to(dtype), cfg, CPU, progress=False)
+    return cls(build_method(cfg, data.in_shape, data.num_classes, *data.train).to(dtype), cfg, CPU, progress=False)
 
 
 def _fit(cfg, data, cls, dtype=torch.float32):
@@ -91,7 +98,7 @@ def test_fused_equals_sequential_interleaved():
     rounding-level gradients that Adam normalises to full-size steps, so float32 runs of the two
     (equally correct) kernels drift apart by ~1e-2; in float64 the same comparison agrees to ~1e-12.
     """
-    data = load_data(make_config(**TINY))
+    data = load_data(make_config(**TINY))[1]
     cfg = make_config(**TINY, T=3, order="interleaved", epochs=2)
     seq = _fit(cfg, data, Trainer, torch.float64).state_dict()
     fused_trainer = _fit(cfg.replace(parallel="fused"), data, FusedTrainer, torch.float64)
@@ -125,15 +132,13 @@ def _set_dropout(module: torch.nn.Module, p: float) -> None:
 def test_fused_batchnorm_and_dropout_under_vmap():
     """Conv blocks (BN + dropout 0.2) under vmap: per-block BN batch statistics and running stats
     exactly as separate blocks compute them; an independent dropout mask per block; eval agrees."""
-    from noprop.methods import build_method
-
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 14, 14), torch.arange(16) % 4
     cfg = make_config(block="conv", T=2, order="interleaved", parallel="fused")
     method = build_method(cfg, (1, 14, 14), 4, x, y)
     method.blocks[1].load_state_dict(method.blocks[0].state_dict())  # two identical blocks
     reference = copy.deepcopy(method.blocks).train()
-    trainer = FusedTrainer(method, cfg, CPU, progress=False)
+    trainer = FusedTrainer(method, cfg, CPU, progress=False).step_fn
     template = trainer.template.train()
     z = torch.randn(2, 16, 4)
     # 1. training-mode BN without dropout: outputs and updated running stats equal the loop's
@@ -156,7 +161,7 @@ def test_fused_batchnorm_and_dropout_under_vmap():
     out = trainer._logits(trainer.params, trainer.buffers, x, same_z)
     torch.testing.assert_close(out[0], out[1])
     template.train()
-    trainer.fused_step(x, y)  # the whole step (loss, backward, one AdamW) with conv blocks
+    trainer(x, y, Step((0, 1), torch.arange(16)), 0)  # the whole step (loss, backward, one AdamW) with conv blocks
     trainer.write_back()
     assert torch.isfinite(method.blocks[1].fusion[0].weight).all()
 
@@ -240,7 +245,7 @@ def _spawned(rank: int, ports: list[int], out: str, data) -> None:
         os.environ.update({k: str(v) for k, v in env.items()}, MASTER_PORT=str(port))
         cfg = make_config(**overrides, epochs=1)
         with parallel_context(cfg) as ctx:
-            method = build_for_data(cfg, data)
+            method = build_method(cfg, data.in_shape, data.num_classes, *data.train)
             trainer = build_trainer(method, cfg, CPU, ctx, progress=False)
             trainer.fit(data.train, data.val)
             state = {
@@ -258,7 +263,7 @@ def test_shared_parameters_identical_across_ranks_and_data_parallel(tmp_path):
     import torch.multiprocessing as mp
 
     jobs = {name: ranks for phase in PHASES for name, (ranks, _) in phase.items()}
-    data = load_data(make_config(**TINY))  # once here: each rank would import scikit-learn
+    data = load_data(make_config(**TINY))[1]  # once here: each rank would import scikit-learn
     ports = [_free_port() for _ in jobs]
     mp.spawn(_spawned, args=(ports, str(tmp_path), data), nprocs=4, join=True)
     for name, ranks in jobs.items():

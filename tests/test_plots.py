@@ -7,7 +7,7 @@ import torch
 
 from noprop.cli import main
 from noprop.config import make_config
-from noprop.training.run import train
+from noprop.runs import train
 
 pytest.importorskip("matplotlib")
 

@@ -1,7 +1,7 @@
 """Crash safety, exact resume, divergence handling and checkpoint safety (issue 6).
 
 Kill-and-resume: a real ``python -m noprop train`` process is stopped with SIGKILL at chosen points
-(``$NOPROP_TEST_PAUSE_AT``, see :mod:`noprop.training.run`: the process prints a marker and sleeps
+(``$NOPROP_TEST_PAUSE_AT``, see :mod:`noprop.runs.pause`: the process prints a marker and sleeps
 there), then resumed with ``--resume``. The resumed run must finish with a continuous metrics history
 and, on CPU with one thread and the same seed, bit-identical weights to an uninterrupted run.
 
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,8 +28,10 @@ import torch
 
 from noprop.cli import main
 from noprop.errors import CheckpointError
-from noprop.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from noprop.training.run import PAUSE_ENV, _check_finite
+from noprop.atomic import atomic_write
+from noprop.training.checkpoint import load_checkpoint, save_checkpoint
+from noprop.runs.pause import PAUSE_ENV
+from noprop.training.callbacks import FiniteParameters
 
 from .problems import tiny_method
 
@@ -301,11 +304,12 @@ def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(
 
 def test_check_finite_names_the_block() -> None:
     method, _, _ = tiny_method(T=3)
-    _check_finite(method, 4)
+    check, trainer = FiniteParameters(), SimpleNamespace(method=method)
+    check.on_epoch_end(trainer, {"epoch": 4})
     with torch.no_grad():
         method.unit_parameters(2)[0].view(-1)[0] = math.inf
     with pytest.raises(Exception, match="parameters of block 3 became NaN or infinite at epoch 4"):
-        _check_finite(method, 4)
+        check.on_epoch_end(trainer, {"epoch": 4})
 
 
 # -------------------------------------------------------------------- checkpoint safety
@@ -431,7 +435,7 @@ def test_os_error_mid_run_is_one_line_exit_1(
     """Disk full while writing metrics: one line, exit 1 (not a user error), config.json kept."""
     import errno
 
-    from noprop.training.rundir import RunDir
+    from noprop.rundir import RunDir
 
     def full(self: RunDir, record: dict[str, Any]) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.metrics_path))

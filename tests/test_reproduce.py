@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from noprop.bench import reproduce as rp
+from noprop import runs as run_mod
+from noprop.bench import grid, paper
+from noprop.bench import table as tbl
 from noprop.cli import main
 from noprop.errors import ConfigError
-from noprop.training import run as run_mod
 
 FLAGS = ["--epochs", "1", "--T", "2", "--max-train-samples", "200", "--inference-steps", "5"]
 GRID = ["--methods", "dt,fm", "--embeddings", "one-hot,prototype", "--seeds", "0,1"]
@@ -137,35 +138,35 @@ def test_grid_table_cache_and_resume(tmp_path, counters, capsys):
 
 def test_grid_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--seeds"):
-        rp.build_grid(["dt"], ["one-hot"], [0], {"seed": 1})
+        grid.build_grid(["dt"], ["one-hot"], [0], {"seed": 1})
     with pytest.raises(ConfigError, match="not available"):
-        rp.build_grid(["dt", "nope"], ["one-hot"], [0])
+        grid.build_grid(["dt", "nope"], ["one-hot"], [0])
     import noprop.methods as methods
 
     # a method named by --methods but (not yet) registered is a one-line error, not an ImportError
     monkeypatch.setattr(methods, "METHODS", {"dt": methods.METHODS["dt"]})
     with pytest.raises(ConfigError, match="'fm' is not available; choose from dt"):
-        rp.build_grid(["dt", "fm"], ["one-hot"], [0])
+        grid.build_grid(["dt", "fm"], ["one-hot"], [0])
     with pytest.raises(ConfigError, match="twice"):
-        rp.parse_list("--seeds", "0,0", int)
+        grid.parse_list("--seeds", "0,0", int)
     assert main(["bench", "reproduce", "--out", str(tmp_path / "x"), "--seeds", "a"]) == 2
     assert not (tmp_path / "x").exists()
 
 
 def test_paper_numbers_and_stats():
-    assert rp.paper_numbers("dt", "prototype", "mnist") == {
+    assert paper.paper_numbers("dt", "prototype", "mnist") == {
         "train": "99.97±0.0",
         "test": "99.54±0.04",
     }
-    assert rp.paper_numbers("fm", "one-hot", "cifar100") == {
+    assert paper.paper_numbers("fm", "one-hot", "cifar100") == {
         "train": "12.69±10.4",
         "test": "6.38±4.9",
     }
-    assert rp.paper_numbers("backprop", "learned", "cifar10")["test"] == "79.3±0.52"
-    assert rp.paper_numbers("backprop", "learned", "cifar10", embed_dim=10) is None
-    assert rp.paper_numbers("adjoint", "prototype", "mnist") is None
-    assert rp.paper_numbers("dt", "one-hot", "digits") is None
-    assert len(rp.PAPER_TABLE1) == 13
-    mean, se = rp.mean_stderr([1.0, 2.0, 3.0, 4.0])
+    assert paper.paper_numbers("backprop", "learned", "cifar10")["test"] == "79.3±0.52"
+    assert paper.paper_numbers("backprop", "learned", "cifar10", embed_dim=10) is None
+    assert paper.paper_numbers("adjoint", "prototype", "mnist") is None
+    assert paper.paper_numbers("dt", "one-hot", "digits") is None
+    assert len(paper.PAPER_TABLE1) == 13
+    mean, se = tbl.mean_stderr([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and se == pytest.approx((5 / 3) ** 0.5 / 2)
-    assert rp.mean_stderr([7.0]) == (7.0, 0.0)
+    assert tbl.mean_stderr([7.0]) == (7.0, 0.0)

@@ -20,101 +20,76 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench.reproduce import METHOD_LABELS
-from .errors import ConfigError, NoPropError
+import torch
 
-CLASS_NAMES = {
-    "cifar10": (
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ),
-    "fashion-mnist": (
-        "T-shirt/top",
-        "trouser",
-        "pullover",
-        "dress",
-        "coat",
-        "sandal",
-        "shirt",
-        "sneaker",
-        "bag",
-        "ankle boot",
-    ),
-}
-CONTINUOUS = ("ct", "fm", "adjoint")
+from .atomic import atomic_write
+from .bench.grid import CELLS
+from .bench.paper import row_label
+from .config import RunConfig
+from .data import SPECS
+from .device import check_device
+from .errors import ConfigError, NoPropError
+from .models.embeddings import prototype_init
+from .rundir import CONFIG, EpochRecord, RunDir, Summary
+from .runs import load_run
+from .solvers import record_indices
 
 
 @dataclass
 class RunInfo:
     path: Path
     name: str  # unique, file-name safe
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any] | None
+    config: RunConfig
+    metrics: list[EpochRecord]
+    summary: Summary | None
     eval5: dict[str, Any] | None
     eval_steps: dict[str, Any] | None
 
     @property
     def method(self) -> str:
-        return self.config.get("method", {}).get("method", "?")
+        return self.config.method.method
 
     @property
     def embedding(self) -> str:
-        return self.config.get("model", {}).get("embedding", "?")
+        return self.config.model.embedding
+
+    @property
+    def continuous_time(self) -> bool:
+        """CT/FM/adjoint: inference steps on a time grid rather than one block per step."""
+        return self.config.method.cls.continuous_time
 
     @property
     def label(self) -> str:
-        emb = self.embedding
-        if emb == "learned":
-            emb = f"dim={self.config.get('model', {}).get('embed_dim')}"
-        return f"{self.name} — {METHOD_LABELS.get(self.method, self.method)} ({emb})"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NoPropError(f"cannot read {path}: {e}") from None
+        embed_dim = self.config.model.embed_dim
+        return f"{self.name} — {row_label(self.method, self.embedding, embed_dim)}"
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories; a ``noprop bench reproduce`` directory stands for its ``cells/*``."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if (p / "config.json").is_file():
+        if RunDir(p).is_run():
             out.append(p)
-        elif (p / "cells").is_dir():
-            cells = sorted(c for c in (p / "cells").iterdir() if (c / "config.json").is_file())
+        elif (p / CELLS).is_dir():
+            cells = sorted(c for c in (p / CELLS).iterdir() if RunDir(c).is_run())
             if not cells:
-                raise ConfigError(f"{p}/cells holds no run directories")
+                raise ConfigError(f"{p}/{CELLS} holds no run directories")
             out.extend(cells)
         elif not p.exists():
             raise ConfigError(f"{p}: no such run directory")
         else:
-            raise ConfigError(f"{p} is not a noprop run directory (no config.json)")
+            raise ConfigError(f"{p} is not a noprop run directory (no {CONFIG})")
     return out
 
 
 def load_infos(run_dirs: list[Path]) -> list[RunInfo]:
-    from .rundir import RunDir
-
+    """Everything the figures need from each run, read through :class:`~noprop.rundir.RunDir`."""
     names: list[str] = []
     infos = []
     for p in run_dirs:
@@ -128,11 +103,11 @@ def load_infos(run_dirs: list[Path]) -> list[RunInfo]:
             RunInfo(
                 path=p,
                 name=name,
-                config=rd.read_config(),
-                metrics=rd.read_metrics(),
-                summary=_read_json(p / "summary.json"),
-                eval5=_read_json(p / "eval5.json"),
-                eval_steps=_read_json(p / "eval_steps.json"),
+                config=rd.config(),
+                metrics=rd.records(),
+                summary=rd.summary(),
+                eval5=rd.read_eval5(),
+                eval_steps=rd.read_eval_steps(),
             )
         )
     return infos
@@ -154,8 +129,6 @@ def _figure(**kwargs: Any) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from .atomic import atomic_write
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     data = buf.getvalue()
@@ -181,18 +154,18 @@ def plot_accuracy_vs_time(infos: list[RunInfo], path: Path) -> Path | None:
     fig = _figure(figsize=(8, 5))
     ax = fig.add_subplot()
     for info, color in zip(runs, _colors(len(runs)), strict=True):
-        xs = [m["wall_seconds"] for m in info.metrics if m.get("val_accuracy") is not None]
-        ys = [100 * m["val_accuracy"] for m in info.metrics if m.get("val_accuracy") is not None]
+        xs = [m.wall_seconds for m in info.metrics if m.val_accuracy is not None]
+        ys = [100 * m.val_accuracy for m in info.metrics if m.val_accuracy is not None]
         ax.plot(xs, ys, "o-", color=color, ms=4, lw=1.5, label=info.label)
         s = info.summary
         if s is None:
             continue
-        best = next((m for m in info.metrics if m.get("epoch") == s.get("best_epoch")), None)
-        x_sel = best["wall_seconds"] if best else s["train_seconds"]
+        best = next((m for m in info.metrics if m.epoch == s.best_epoch), None)
+        x_sel = best.wall_seconds if best else s.train_seconds
         if info.eval5:
             y, err = 100 * info.eval5["test_accuracy"], 100 * info.eval5["test_accuracy_stderr"]
         else:
-            y, err = 100 * s["test_accuracy"], 0.0
+            y, err = 100 * s.test_accuracy, 0.0
         ax.errorbar(
             [x_sel], [y], yerr=[err], fmt="*", ms=14, color=color, mec="black", capsize=4, zorder=5
         )
@@ -276,10 +249,8 @@ def _plain_log_labels(ax: Any, which: str, values: list[float]) -> None:
 
 def _step_axis(info: RunInfo, n_points: int) -> tuple[list[float], str]:
     """x values of the per-step read-outs: block index t for DT/backprop, grid step for CT/FM/adjoint."""
-    if info.method in CONTINUOUS:
-        from .solvers import record_indices
-
-        n = int(info.config.get("method", {}).get("inference_steps", n_points - 1))
+    if info.continuous_time:
+        n = int(getattr(info.config.options, "inference_steps", n_points - 1))
         idx = record_indices(n)
         if len(idx) == n_points:
             return [float(i) for i in idx], f"inference step (of {n}); t = step / {n}"
@@ -291,16 +262,12 @@ def plot_per_step(info: RunInfo, path: Path) -> Path | None:
     """Accuracy of the read-out after every inference step: test (final) and validation (per epoch)."""
     from matplotlib import colormaps
 
-    val = [
-        (m["epoch"], m["val_accuracy_per_step"])
-        for m in info.metrics
-        if m.get("val_accuracy_per_step")
-    ]
+    val = [(m.epoch, m.val_accuracy_per_step) for m in info.metrics if m.val_accuracy_per_step]
     test = None
     if info.eval5 and info.eval5.get("test_accuracy_per_step"):
         test = (info.eval5["test_accuracy_per_step"], f"test, mean of {info.eval5['runs']} runs")
-    elif info.summary and info.summary.get("test_accuracy_per_step"):
-        test = (info.summary["test_accuracy_per_step"], "test (selected model)")
+    elif info.summary and info.summary.test_accuracy_per_step:
+        test = (info.summary.test_accuracy_per_step, "test (selected model)")
     if not val and test is None:
         return None
     n_points = len(test[0]) if test else len(val[-1][1])
@@ -336,7 +303,7 @@ def plot_per_step(info: RunInfo, path: Path) -> Path | None:
             ms=5,
             label=test[1],
         )
-    if len(xs) <= 12 and info.method not in CONTINUOUS:
+    if len(xs) <= 12 and not info.continuous_time:
         ax.set_xticks(xs)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy of the read-out (%)")
@@ -349,17 +316,17 @@ def plot_per_step(info: RunInfo, path: Path) -> Path | None:
 
 def plot_block_loss(info: RunInfo, path: Path) -> Path | None:
     """Mean training loss of every block per epoch (one line per block)."""
-    recs = [m for m in info.metrics if m.get("block_loss")]
+    recs = [m for m in info.metrics if m.block_loss]
     if not recs:
         return None
-    epochs = [m["epoch"] for m in recs]
-    units = len(recs[0]["block_loss"])
+    epochs = [m.epoch for m in recs]
+    units = len(recs[0].block_loss)
     fig = _figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     colors = _colors(units)
     values = []
     for u in range(units):
-        ys = [m["block_loss"][u] if u < len(m["block_loss"]) else math.nan for m in recs]
+        ys = [_loss(m.block_loss, u) for m in recs]
         values += ys
         label = f"block {u + 1}" if units > 1 else "network (one unit)"
         ax.plot(epochs, ys, "o-", ms=4, color=colors[u], label=label)
@@ -380,10 +347,14 @@ def plot_block_loss(info: RunInfo, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _loss(block_loss: list[float | None], u: int) -> float:
+    """Block ``u``'s loss in one epoch; NaN (a gap in the line) for a block not trained then."""
+    v = block_loss[u] if u < len(block_loss) else None
+    return math.nan if v is None else float(v)
+
+
 def _to_images(weight: Any, in_shape: tuple[int, ...], mean: Any, std: Any) -> Any:
     """W_Embed rows (m, C·H·W) in normalised units → (m, H, W[, C]) images in [0, 1] pixel units."""
-    import torch
-
     c = in_shape[0]
     w = weight.detach().float().cpu().reshape(-1, *in_shape)
     w = w * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)
@@ -395,17 +366,13 @@ def plot_prototypes(info: RunInfo, path: Path, device: str = "cpu") -> Path | No
     """Initial (medoid images) and learned prototype embeddings as images, one per class."""
     if info.embedding != "prototype":
         return None
-    import torch
-
-    from .models.embeddings import prototype_init
-    from .runs import load_run
-
     method, cfg, data, _ = load_run(info.path, device)
     in_shape = tuple(data.in_shape)
     learned = method.embedding.weight
     initial = prototype_init(*data.train, data.num_classes, seed=cfg.train.seed)
     m = data.num_classes
-    names = CLASS_NAMES.get(data.name) or [str(k) for k in range(m)]
+    spec = SPECS.get(data.name)
+    names = [spec.class_name(k) if spec else str(k) for k in range(m)]
     ncols = min(m, 10)
     nrows = math.ceil(m / ncols)
     cell = 1.2 if in_shape[-1] <= 16 else 1.4
@@ -414,7 +381,7 @@ def plot_prototypes(info: RunInfo, path: Path, device: str = "cpu") -> Path | No
     )
     fig.suptitle(f"Prototype embeddings W_Embed, one image per class\n{info.label}", fontsize=10)
     panels = fig.subfigures(3, 1, height_ratios=[1, 1, 1.15])
-    best = info.summary.get("best_epoch") if info.summary else "?"
+    best = info.summary.best_epoch if info.summary else "?"
     for sub, weight, title in (
         (panels[0], initial, "initial: class medoid of the training images"),
         (panels[1], learned, f"learned: the selected model (epoch {best})"),
@@ -484,8 +451,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def cmd_plot(ns: argparse.Namespace) -> int:
-    from .device import check_device
-
     check_device(ns.device)
     for path in plot_runs(ns.run_dirs, ns.out, device=ns.device):
         print(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from noprop.config import make_config
-from noprop.methods import build_method
+from noprop import build_method
 from noprop.training.trainer import Trainer
 
 CASES = [
