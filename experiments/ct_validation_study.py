@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noprop import make_config, train
-from noprop.methods import build_method
-from noprop.training.run import load_run
+from noprop import build_method, make_config, train
+from noprop.runs import load_run
 from noprop.training.trainer import evaluate
 
 EVAL_SEED = 123

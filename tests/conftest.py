@@ -8,3 +8,14 @@ steps). Passive waiting is set before torch is imported anywhere, and inherited 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pytest_generate_tests(metafunc):
+    """Conformance classes (tests/test_conformance.py) run over their ``method_names`` × tasks."""
+    cls = metafunc.cls
+    if cls is not None and hasattr(cls, "method_names") and "case" in metafunc.fixturenames:
+        from tests.test_conformance import CONFORMANCE_TASKS
+
+        names = cls.method_names() if callable(cls.method_names) else cls.method_names
+        cases = [(m, t) for m in names for t in CONFORMANCE_TASKS]
+        metafunc.parametrize("case", cases, ids=[f"{m}-{t}" for m, t in cases])

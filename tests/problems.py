@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from noprop.config import make_config
 from noprop import build_method
+from noprop.config import make_config
 
 
 def tiny_data(n: int = 64, shape=(1, 8, 8), num_classes: int = 4, seed: int = 0):

@@ -189,10 +189,10 @@ def _flag_case(extra: list[str], fragment: str) -> Callable[[Ctx], Case]:
 
 
 FLAG_CASES = {
-    "unknown-method": (["--method", "nope"], "unknown method 'nope'"),
-    "unknown-embedding": (["--embedding", "nope"], "unknown embedding 'nope'"),
-    "unknown-dataset": (["--dataset", "nope"], "unknown dataset 'nope'"),
-    "unknown-block": (["--block", "nope"], "unknown block 'nope'"),
+    "unknown-method": (["--method", "nope"], "unknown --method 'nope'"),
+    "unknown-embedding": (["--embedding", "nope"], "unknown --embedding 'nope'"),
+    "unknown-dataset": (["--dataset", "nope"], "unknown --dataset 'nope'"),
+    "unknown-block": (["--block", "nope"], "unknown --block 'nope'"),
     "T-zero": (["--T", "0"], "--T must be >= 1"),
     "T-negative": (["--T", "-3"], "--T must be >= 1"),
     "T-not-an-int": (["--T", "2.5"], "argument --T: invalid int value"),

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
+from noprop import build_method
 from noprop.config import make_config
 from noprop.errors import ConfigError
-from noprop import build_method
 from noprop.models.blocks import count_parameters
 from noprop.models.ct_blocks import build_ct_block
+from noprop.runs import sweep_steps, train
 from noprop.schedules_ct import LearnedSchedule
 from noprop.solvers import ADAPTIVE, SOLVERS, integrate, record_indices
-from noprop.runs import sweep_steps, train
 
 from .problems import tiny_data
 

@@ -81,3 +81,30 @@ def test_offload_needs_block_order():
 
     with pytest.raises(ConfigError, match="offload"):
         make_config(offload_blocks=True, order="interleaved")
+
+
+def test_perturbing_earlier_blocks_changes_the_backprop_loss():
+    """Control for the conformance suite's forward-locality check (tests/test_conformance.py): the
+    back-prop twin reads every block in its forward pass, so perturbing block 1 changes its loss —
+    the check can fail, and NoProp-DT passes it."""
+    for name, changes in (("backprop", True), ("dt", False)):
+        method, _, (x, y) = tiny_method(method=name)
+        unit = method.num_units - 1  # the last unit (the only one for backprop)
+        torch.manual_seed(0)
+        before = method.loss(x, y, unit)[0]
+        with torch.no_grad():
+            for p in method.blocks[0].parameters():
+                p.add_(1.0)
+        torch.manual_seed(0)
+        after = method.loss(x, y, unit)[0]
+        assert (not torch.equal(before, after)) == changes, name
+
+
+def test_ct_built_directly_defaults_to_the_cli_sampler():
+    """One default in one place: NoPropCT(...) and --method ct both use CTConfig's solver."""
+    from noprop.methods import CTConfig, NoPropCT
+
+    method, _, _ = tiny_method(method="ct")
+    direct = NoPropCT(method.block, method.embedding, method.head, method.schedule)
+    assert direct.solver == method.solver == CTConfig().solver == "ancestral"
+    assert direct.t_samples == method.t_samples == CTConfig().t_samples

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from noprop import build_method
 from noprop.config import make_config
 from noprop.errors import ConfigError
-from noprop import build_method
 from noprop.models import build_dt_block, build_embedding, build_head, count_parameters
 from noprop.models.embeddings import prototype_init
 

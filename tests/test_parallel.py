@@ -22,15 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from noprop import build_method
 from noprop.cli import main
 from noprop.config import make_config
 from noprop.errors import ConfigError
 from noprop.parallel import BlockPlacement, build_trainer, parallel_context
-from noprop import build_method
 from noprop.parallel.fused import fused_trainer
-from noprop.training.checkpoint import load_checkpoint
 from noprop.runs.pause import PAUSE_ENV
 from noprop.runs.train import load_data
+from noprop.training.checkpoint import load_checkpoint
 from noprop.training.order import Step
 from noprop.training.trainer import Trainer
 
@@ -161,8 +161,8 @@ def test_fused_batchnorm_and_dropout_under_vmap():
     out = trainer._logits(trainer.params, trainer.buffers, x, same_z)
     torch.testing.assert_close(out[0], out[1])
     template.train()
-    trainer(x, y, Step((0, 1), torch.arange(16)), 0)  # the whole step (loss, backward, one AdamW) with conv blocks
-    trainer.write_back()
+    trainer(x, y, Step((0, 1), torch.arange(16)), 0)  # the whole step (loss, backward, one AdamW)
+    trainer.sync_modules()
     assert torch.isfinite(method.blocks[1].fusion[0].weight).all()
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 import torch
 
+from noprop.atomic import atomic_write
 from noprop.cli import main
 from noprop.errors import CheckpointError
-from noprop.atomic import atomic_write
-from noprop.training.checkpoint import load_checkpoint, save_checkpoint
 from noprop.runs.pause import PAUSE_ENV
 from noprop.training.callbacks import FiniteParameters
+from noprop.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .problems import tiny_method
 

@@ -25,6 +25,7 @@ from .flags import add_config_flags, given_flags
 from .rundir import RunDir
 from .runs import evaluate_run, sweep_steps, train
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"noprop: error: {message}\n")

@@ -73,7 +73,7 @@ def check_choices(obj: Any) -> None:
         value = getattr(obj, f.name)
         if allowed is not None and value is not None and value not in allowed:
             raise ConfigError(
-                f"unknown {f.name.replace('_', '-')} {value!r}; choose one of {', '.join(map(str, allowed))}"
+                f"unknown {flag(f.name)} {value!r}; choose one of {', '.join(map(str, allowed))}"
             )
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from noprop.config import make_config
 from noprop import build_method
+from noprop.config import make_config
 from noprop.training.trainer import Trainer
 
 CASES = [

@@ -6,6 +6,6 @@ for the download table and :mod:`noprop.data.config` for the ``--dataset`` optio
 """
 
 from noprop.data.config import DataConfig
-from noprop.data.datasets import DATASETS, SPECS, DataSplits, DatasetSpec, load_dataset
+from noprop.data.datasets import DATASETS, SPECS, DatasetSpec, DataSplits, load_dataset
 
 __all__ = ["DATASETS", "SPECS", "DataConfig", "DataSplits", "DatasetSpec", "load_dataset"]

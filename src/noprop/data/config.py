@@ -25,7 +25,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+                f"unknown --dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")

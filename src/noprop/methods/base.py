@@ -160,7 +160,7 @@ class ContinuousTimeMethod(Method):
     """Shared inference plumbing of CT, FM and the adjoint baseline (one network for all t ∈ [0, 1]).
 
     ``inference_steps`` and ``solver`` are the defaults of :meth:`predict_steps`; plain attributes, so
-    an evaluation sweep may set them (see training/steps_sweep.py).
+    an evaluation sweep may set them (see runs/sweep.py).
     """
 
     continuous_time = True

@@ -279,7 +279,6 @@ def block_parallel_trainer(
         callbacks=[GatherToMain(ctx), *(callbacks or [])],
         evaluator=main_evaluates(ctx),
     )
-    trainer.units = ctx.units  # type: ignore[attr-defined]
     state = [*trainer.method.parameters(), *trainer.method.buffers()]
     broadcast_tensors(ctx, state, 0, "broadcasting the initial model")
     return trainer

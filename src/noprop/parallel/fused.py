@@ -52,7 +52,7 @@ from ..tasks import Task
 from ..training.callbacks import Callback
 from ..training.config import TrainConfig
 from ..training.order import Interleaved, Step
-from ..training.steps import Optimizers, Parts, StepFunction, make_optimizer
+from ..training.steps import Optimizers, Parts, StepFunction
 from ..training.trainer import Trainer
 
 
