@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tasks", ("tasks",)),
     ("methods", ("methods",)),
     ("training", ("training",)),
-    ("config", ("config", "flags", "build", "rundir")),
+    ("config", ("config", "flags", "presets", "build", "rundir")),
     ("parallel", ("parallel",)),
     ("runs", ("runs",)),
     ("bench", ("bench", "plots")),

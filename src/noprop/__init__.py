@@ -6,7 +6,7 @@ from .data import load_dataset
 from .errors import NoPropError
 from .methods import METHODS, Backprop, Method, NoPropCT, NoPropDT, NoPropFM
 from .rundir import RunDir
-from .runs import evaluate_run, load_run, train
+from .runs import TrainedModel, evaluate_run, export, load, load_run, train
 from .schedules import CosineSchedule, DiscreteSchedule
 from .tasks import TASKS, Task
 from .training import Trainer, evaluate
@@ -27,11 +27,14 @@ __all__ = [
     "RunConfig",
     "RunDir",
     "Task",
+    "TrainedModel",
     "Trainer",
     "__version__",
     "build_method",
     "evaluate",
     "evaluate_run",
+    "export",
+    "load",
     "load_dataset",
     "load_run",
     "make_config",

@@ -22,8 +22,12 @@ from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError
 from .flags import add_config_flags, given_flags
+from .presets import PRESETS, resolve_flat
 from .rundir import RunDir
 from .runs import evaluate_run, sweep_steps, train
+from .runs.inputs import read_inputs, write_predictions
+from .runs.listing import describe, find_runs, format_rows
+from .runs.model import export, load
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model into a run directory")
     add_config_flags(t)
+    t.add_argument("--preset", metavar="NAME", help="start from a paper preset (`noprop presets`)")
+    t.add_argument(
+        "--config", metavar="FILE", help="TOML config file (overrides --preset; flags override it)"
+    )
     t.add_argument("--out", help="run directory (default: runs/METHOD-DATASET-TIMESTAMP)")
     t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch"
@@ -73,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         bench_sub.add_parser("parallel", help="DT throughput: sequential, blocks, fused")
     )
     plots.add_arguments(sub.add_parser("plot", help=plots.HELP_TEXT))
+    sub.add_parser("presets", help="list the paper's hyper-parameter presets (--preset NAME)")
+    pr = sub.add_parser("predict", help="classify images with a trained (or exported) model")
+    pr.add_argument("run_dir", help="a run directory or a `noprop export` directory")
+    pr.add_argument("inputs", nargs="+", help=".npy array, IDX file, or PNG/JPEG files/directories")
+    pr.add_argument("--out", help="write the predictions to a .csv or .json file")
+    pr.add_argument("--deterministic", action="store_true", help="z_0 = 0 and no noise")
+    pr.add_argument(
+        "--chains", type=int, default=1, help="average the head's probabilities over N chains"
+    )
+    pr.add_argument("--seed", type=int, help="seed of the inference noise (default: the run's)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--threads", type=int)
+    ex = sub.add_parser("export", help="weights (safetensors) + config + normalisation, no pickle")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True, help="directory to create")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ls = sub.add_parser("runs", help="list run directories: method, data, accuracy, status")
+    ls.add_argument("root", nargs="?", default="runs", help="directory to search (default: runs)")
     return p
 
 
@@ -91,12 +117,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if ns.resume:
         if ns.out and ns.out != ns.resume:
             raise NoPropError("give either --resume RUN_DIR or --out, not both")
+        if ns.preset is not None or ns.config is not None:
+            raise NoPropError("--resume uses the run's own config.json; drop --preset/--config")
         summary = train(
             RunConfig(), ns.resume, resume=True, progress=not ns.no_progress, overrides=given
         )
         out = ns.resume
     else:
-        cfg = RunConfig().replace(**given)
+        cfg = RunConfig().replace(**resolve_flat(ns.preset, ns.config, given))
         out = (
             ns.out
             or f"runs/{cfg.method.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -104,12 +132,18 @@ def cmd_train(ns: argparse.Namespace) -> int:
         summary = train(cfg, out, overwrite=ns.overwrite, progress=not ns.no_progress)
     if not summary:  # a non-zero rank of a parallel run: rank 0 reports
         return 0
-    print(
-        f"run {out}: val_accuracy {summary['val_accuracy']}, test_accuracy {summary['test_accuracy']:.4f} "
-        f"(deterministic {summary['test_accuracy_deterministic']:.4f}), "
-        f"{summary['epochs']} epochs in {summary['train_seconds']:.1f} s"
-    )
+    print(end_of_run_line(summary, out))
     return 0
+
+
+def end_of_run_line(summary: dict, out: str) -> str:
+    """``val 0.9722 · test 0.9611 (deterministic 0.9778) · 30 epochs · 25.1 s · runs/...``."""
+    val = summary["val_accuracy"]
+    return (
+        f"val {'-' if val is None else f'{val:.4f}'} · test {summary['test_accuracy']:.4f} "
+        f"(deterministic {summary['test_accuracy_deterministic']:.4f}) · {summary['epochs']} "
+        f"epochs · {summary['train_seconds']:.1f} s · {out}"
+    )
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -173,7 +207,55 @@ def cmd_plot(ns: argparse.Namespace) -> int:
     return plots.cmd_plot(ns)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
+def cmd_presets(ns: argparse.Namespace) -> int:
+    for preset in PRESETS.values():
+        print(preset.describe())
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    _set_threads(ns.threads)
+    check_device(ns.device)
+    model = load(ns.run_dir, ns.device)
+    images, names = read_inputs(ns.inputs, model.in_shape)
+    probs = model.predict_proba(
+        images, chains=ns.chains, deterministic=ns.deterministic, seed=ns.seed
+    )
+    conf, classes = probs.max(-1)
+    rows = [
+        {"input": n, "class": int(c), "name": model.task.class_name(int(c)), "probability": round(float(p), 6)}
+        for n, c, p in zip(names, classes, conf, strict=True)
+    ]
+    if ns.out:
+        write_predictions(ns.out, rows)
+        print(f"{len(rows)} predictions written to {ns.out}")
+    else:
+        for r in rows:
+            print(f"{r['input']}\t{r['class']}\t{r['name']}\t{r['probability']:.4f}")
+    return 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    out = export(ns.run_dir, ns.out, overwrite=ns.overwrite)
+    print(f"exported {ns.run_dir} to {out} (model.safetensors, config.json, normalisation.json)")
+    return 0
+
+
+def cmd_runs(ns: argparse.Namespace) -> int:
+    print(format_rows([describe(p) for p in find_runs(ns.root)]))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "plot": cmd_plot,
+    "presets": cmd_presets,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "runs": cmd_runs,
+}
 
 
 def _one_line(e: BaseException) -> str:

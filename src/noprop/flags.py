@@ -20,7 +20,7 @@ from .methods import METHODS
 from .options import choices, field_docs, flag, resolved_hints
 
 
-def _scalar_type(tp: Any) -> Any:
+def scalar_type(tp: Any) -> Any:
     """int / float / str / bool of an annotation (``X | None`` → X, ``Literal[...]`` → str)."""
     if choices(tp) is not None:
         return type(choices(tp)[0])
@@ -31,7 +31,7 @@ def _scalar_type(tp: Any) -> Any:
 
 
 def _add(p: argparse.ArgumentParser, name: str, tp: Any, help_text: str) -> None:
-    if _scalar_type(tp) is bool:
+    if scalar_type(tp) is bool:
         p.add_argument(
             flag(name),
             dest=name,
@@ -43,7 +43,7 @@ def _add(p: argparse.ArgumentParser, name: str, tp: Any, help_text: str) -> None
         p.add_argument(
             flag(name),
             dest=name,
-            type=_scalar_type(tp),
+            type=scalar_type(tp),
             default=argparse.SUPPRESS,
             metavar=name.upper(),
             help=help_text,

@@ -3,7 +3,8 @@
 Files: ``config.json`` (the resolved :class:`~noprop.config.RunConfig`), ``metrics.jsonl`` (one
 :class:`EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
 ``summary.json`` (:class:`Summary`, written once at the end), and the evaluation outputs
-``eval_steps.json`` (``noprop eval --steps``) and ``eval5.json`` (``noprop bench reproduce``).
+``eval_steps.json`` (``noprop eval --steps``) and ``eval5.json`` (``noprop bench reproduce``), and the
+directory ``tensorboard/`` (``--tensorboard``: TensorBoard event files, appended to on ``--resume``).
 Everything that reads a run — ``eval``, ``plot``, ``bench`` — goes through :class:`RunDir`.
 
 ``metrics.jsonl`` is appended (and fsynced) *before* the epoch's checkpoint is written; on resume,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = (
 )
 EVAL_STEPS, EVAL5 = "eval_steps.json", "eval5.json"
 FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5)
+TENSORBOARD = "tensorboard"  # a directory: event files of TensorBoardLogger (--tensorboard)
 
 
 @dataclass
@@ -142,6 +145,10 @@ class RunDir:
     def eval5_path(self) -> Path:
         return self.path / EVAL5
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD
+
     def is_run(self) -> bool:
         return self.config_path.is_file()
 
@@ -212,6 +219,11 @@ class RunDir:
         if overwrite:
             for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5):
                 (self.path / name).unlink(missing_ok=True)
+            tb = self.tensorboard_dir
+            if tb.is_dir() and not tb.is_symlink():
+                shutil.rmtree(tb)
+            else:
+                tb.unlink(missing_ok=True)
         self.remove_stale_temp_files()
         atomic_write_json(self.config_path, config)
 

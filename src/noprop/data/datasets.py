@@ -59,6 +59,7 @@ __all__ = [
     "DatasetSpec",
     "default_data_dir",
     "load_dataset",
+    "normalise",
     "validate_arrays",
 ]
 
@@ -422,10 +423,12 @@ def _channel_stats(
     return tuple((mean * scale).tolist()), tuple(std.tolist())
 
 
-def _normalise(
+def normalise(
     x: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """Convert images to a standardised ``float32`` tensor in one vectorised pass."""
+    """Raw images (N, C, H, W) → the standardised ``float32`` tensor the models see, in one pass:
+    ``(x · scale − mean) / std`` per channel, ``scale = 1 / max_value`` (what :func:`load_dataset`
+    applies; ``noprop.load(...).predict`` applies it to raw uint8 input)."""
     array = np.require(x, requirements=["C", "W"])
     tensor = torch.from_numpy(array).to(torch.float32, copy=True)
     shape = (1, len(mean), 1, 1)
@@ -485,7 +488,7 @@ def load_dataset(
     mean, std = _channel_stats(raw.x_train, stats_idx, scale)
 
     def split(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return _normalise(x, scale, mean, std), _labels(y)
+        return normalise(x, scale, mean, std), _labels(y)
 
     return DataSplits(
         train=split(raw.x_train[train_idx], raw.y_train[train_idx]),

@@ -46,6 +46,8 @@ class TrainConfig:
     blocks per step via vmap; needs --order interleaved); data (under torchrun, any method)"""
     dist_timeout_s: float = 300.0
     """seconds a rank waits for the others before the parallel run fails"""
+    tensorboard: bool = False
+    """write TensorBoard event files to RUN/tensorboard (needs the extra [tb]: pip install noprop[tb])"""
 
     def __post_init__(self) -> None:
         check_choices(self)

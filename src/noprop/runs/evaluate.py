@@ -1,0 +1,79 @@
+"""Read a finished (or interrupted) run back: ``load_run`` and ``evaluate_run``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..data import DataSplits
+from ..device import pick_device
+from ..errors import CheckpointError, ConfigError
+from ..methods import Method
+from ..rundir import RunDir
+from ..tasks import Task
+from ..training.checkpoint import load_checkpoint
+from ..training.trainer import evaluate
+from .train import build_for_data, check_payload, first_detail, load_data
+
+
+def load_run(
+    run_dir: str | Path, device: str = "auto"
+) -> tuple[Method, RunConfig, DataSplits, torch.device]:
+    """Rebuild a run's model (the validation-selected weights) and its data splits."""
+    method, cfg, _task, data, dev = load_run_with_task(run_dir, device)
+    return method, cfg, data, dev
+
+
+def load_run_with_task(
+    run_dir: str | Path, device: str = "auto"
+) -> tuple[Method, RunConfig, Task, DataSplits, torch.device]:
+    """:func:`load_run` plus the run's task."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    payload = load_checkpoint(run.checkpoint_path)
+    check_payload(run, payload, cfg)
+    dev = pick_device(device)
+    task, data = load_data(cfg)
+    method = build_for_data(cfg, task, data).to(dev)
+    state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
+    try:
+        method.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{run.checkpoint_path} does not match the run's model: {first_detail(e)}"
+        ) from None
+    return method, cfg, task, data, dev
+
+
+def evaluate_run(
+    run_dir: str | Path, *, deterministic: bool = False, runs: int = 1, device: str = "auto"
+) -> dict[str, Any]:
+    """Test accuracy over ``runs`` inference runs (mean ± standard error) and per-step accuracy."""
+    if runs < 1:
+        raise ConfigError(f"--runs must be >= 1 (got {runs})")
+    method, cfg, task, data, dev = load_run_with_task(run_dir, device)
+    x, y = (t.to(dev) for t in data.test)
+    bs = cfg.train.eval_batch_size
+    results = [
+        evaluate(method, x, y, bs, deterministic, seed=cfg.train.seed + r, task=task)
+        for r in range(runs)
+    ]
+    accs = [r["accuracy"] for r in results]
+    mean = sum(accs) / runs
+    var = sum((a - mean) ** 2 for a in accs) / (runs - 1) if runs > 1 else 0.0
+    steps = [
+        sum(r["accuracy_per_step"][i] for r in results) / runs
+        for i in range(len(results[0]["accuracy_per_step"]))
+    ]
+    return {
+        "test_accuracy": mean,
+        "test_accuracy_stderr": math.sqrt(var / runs),
+        "runs": runs,
+        "deterministic": deterministic,
+        "accuracy_per_step": steps,
+        "accuracies": accs,
+    }

@@ -1,0 +1,100 @@
+"""Inputs and outputs of ``noprop predict``: read images from files, write predictions.
+
+Inputs: one ``.npy`` array (``allow_pickle=False``; raw uint8 pixels or normalised floats), one IDX
+image file (``.gz`` or raw, as the MNIST files), or PNG/JPEG files and directories of them (sorted by
+name; needs Pillow, the extra ``[image]``), converted to the data set's channels and, with a warning,
+resized to its size. Outputs: ``.csv`` or ``.json`` with one row per input (name, class, class name,
+probability), written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from ..data.formats import read_idx
+from ..errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _warn(message: str) -> None:
+    print(f"noprop: warning: {message}", file=sys.stderr)
+
+
+def read_inputs(paths: list[str], in_shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """(images, names) from ``paths`` (module docstring); images are uint8 (N, C, H, W) or floats."""
+    files = [Path(p) for p in paths]
+    for f in files:
+        if not f.exists():
+            raise ConfigError(f"{f}: no such file or directory")
+    if len(files) == 1 and files[0].is_file() and files[0].suffix == ".npy":
+        try:
+            array = np.load(files[0], allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"cannot read {files[0]} as a .npy array: {e}") from None
+        return array, [str(i) for i in range(len(array))]
+    images = [p for f in files for p in (sorted(f.iterdir()) if f.is_dir() else [f])]
+    pictures = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(files) == 1 and files[0].is_file() and not pictures:
+        try:
+            array = read_idx(files[0])
+        except DataError as e:
+            raise ConfigError(f"{files[0]} is not a .npy, IDX or PNG/JPEG file ({e})") from None
+        if array.ndim != 3:
+            raise ConfigError(f"{files[0]} holds IDX labels, not images")
+        return array, [str(i) for i in range(len(array))]
+    if not pictures:
+        raise ConfigError(f"no .npy, IDX, PNG or JPEG input in {', '.join(paths)}")
+    return _read_pictures(pictures, in_shape), [str(p) for p in pictures]
+
+
+def _read_pictures(paths: list[Path], in_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        from PIL import Image  # optional dependency (extra "image")
+    except ImportError:
+        raise ConfigError("reading PNG/JPEG needs Pillow: pip install 'noprop[image]'") from None
+    if len(in_shape) != 3 or in_shape[0] not in (1, 3):
+        raise ConfigError(f"this model takes inputs of shape {in_shape}, not images")
+    channels, height, width = in_shape
+    mode = "L" if channels == 1 else "RGB"
+    out, resized = [], 0
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img = img.convert(mode)
+                if img.size != (width, height):
+                    resized += 1
+                    img = img.resize((width, height), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+        except OSError as e:
+            raise ConfigError(f"cannot read image {p}: {e}") from None
+        out.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    if resized:
+        _warn(f"{resized} of {len(paths)} images resized to {width}×{height} ({mode}) for this model")
+    return np.stack(out)
+
+
+def write_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """``.csv`` or ``.json``, atomically; any other suffix is a one-line error."""
+    path = Path(path)
+    if path.suffix == ".json":
+        text = json.dumps(rows, indent=1) + "\n"
+    elif path.suffix == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["input"])
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    else:
+        raise ConfigError(f"--out {path}: use a .csv or .json file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: {path.parent} is not a directory")
+    atomic_write_text(path, text)

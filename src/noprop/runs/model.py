@@ -1,0 +1,208 @@
+"""Using a trained model: ``noprop.load`` (a run directory or an exported one), ``predict``, ``export``.
+
+``model = noprop.load("runs/x")`` returns a :class:`TrainedModel`: the validation-selected method in
+eval mode on the chosen device, with the data set's normalisation, class names and the run's config.
+
+* ``model.predict(x)`` → class indices; ``model.predict_proba(x, chains=N)`` → class probabilities,
+  the head's softmax averaged over N stochastic inference chains (one N·B batched pass), or of the
+  single deterministic chain (z_0 = 0, no noise) with ``deterministic=True``. Stochastic inference is
+  seeded (``seed``, default the run's ``--seed``), so a call repeats exactly.
+* Inputs: raw ``uint8`` images (normalised here exactly as the data loader does, so predictions equal
+  ``noprop eval``'s), or ``float`` tensors already normalised (what :func:`noprop.load_dataset`
+  returns). Shape (N, C, H, W), or (N, H, W) for one channel, or one image without N.
+* ``export(run_dir, out)`` writes ``model.safetensors`` (weights only, the selected epoch),
+  ``config.json`` and ``normalisation.json`` (mean, std, pixel scale, input shape, class names): no
+  pickle, no optimiser state, loadable by ``noprop.load(out)`` without the data set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..atomic import atomic_write_json
+from ..build import build_method
+from ..config import RunConfig
+from ..data.datasets import SPECS, normalise
+from ..device import pick_device
+from ..errors import CheckpointError, ConfigError
+from ..methods import Method
+from ..rundir import RunDir
+from ..tasks import Task, task_for
+from ..training.checkpoint import load_checkpoint
+from .train import check_payload, first_detail, load_data
+
+WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How raw pixels become model inputs: ``(x / max_value − mean) / std`` per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    max_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "max_value": self.max_value}
+
+
+@dataclass
+class TrainedModel:
+    """A trained method ready for inference (module docstring)."""
+
+    method: Method
+    config: RunConfig
+    task: Task
+    normalisation: Normalisation
+    device: torch.device
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.task.class_name(k) for k in range(self.task.num_classes))
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.task.in_shape
+
+    def prepare(self, x: Tensor | np.ndarray) -> Tensor:
+        """Model inputs (N, *in_shape) on the device from raw uint8 or normalised float images."""
+        array = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+        shape = self.in_shape
+        one_channel = len(shape) == 3 and shape[0] == 1
+        if array.shape == shape or (one_channel and array.shape == shape[1:]):  # one image
+            array = array[None]
+        if one_channel and array.ndim == 3 and array.shape[1:] == shape[1:]:  # (N, H, W)
+            array = array[:, None]
+        if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
+            raise ConfigError(
+                f"inputs of shape {tuple(array.shape)} do not fit this model, which takes images "
+                f"of shape {shape} (as (N, {', '.join(map(str, shape))}) or one image)"
+            )
+        if array.dtype == np.uint8:
+            n = self.normalisation
+            t = normalise(array, 1.0 / n.max_value, n.mean, n.std)
+        elif np.issubdtype(array.dtype, np.floating):
+            t = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
+        else:
+            raise ConfigError(
+                f"inputs must be raw uint8 pixels or normalised floats, not {array.dtype}"
+            )
+        if not torch.isfinite(t).all():
+            raise ConfigError("inputs contain NaN or infinite values")
+        return t.to(self.device)
+
+    @torch.no_grad()
+    def predict_proba(
+        self,
+        x: Tensor | np.ndarray,
+        *,
+        chains: int = 1,
+        deterministic: bool = False,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        """Class probabilities (N, m): the head's softmax averaged over ``chains`` inference chains."""
+        if chains < 1:
+            raise ConfigError(f"--chains must be >= 1 (got {chains})")
+        chains = 1 if deterministic else chains
+        xs = self.prepare(x)
+        bs = batch_size or max(1, self.config.train.eval_batch_size // chains)
+        seed = self.config.train.seed if seed is None else seed
+        out = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, xs.shape[0], bs):
+                xb = xs[start : start + bs]
+                rep = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain k is rows k·B..(k+1)·B−1
+                logits = self.method.predict_steps(rep, deterministic=deterministic)[-1]
+                probs = logits.float().softmax(-1).view(chains, xb.shape[0], -1).mean(0)
+                out.append(probs)
+        return torch.cat(out).cpu()
+
+    def predict(self, x: Tensor | np.ndarray, **kw: Any) -> Tensor:
+        """Class indices (N,): the argmax of :meth:`predict_proba` (same keywords)."""
+        return self.predict_proba(x, **kw).argmax(-1)
+
+
+def _skeleton_method(cfg: RunConfig, task: Task) -> Method:
+    """The run's method with the right architecture; its weights are loaded next, so the prototype
+    embedding is initialised from one stand-in image per class instead of the training set."""
+    x = torch.zeros(task.num_classes, *task.in_shape)
+    return build_method(cfg, task, None, x, torch.arange(task.num_classes))
+
+
+def _load_weights(method: Method, state: dict[str, Tensor], where: Path) -> None:
+    try:
+        method.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{where} does not match the run's model: {first_detail(e)}") from None
+
+
+def load(path: str | Path, device: str = "auto") -> TrainedModel:
+    """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``)."""
+    path = Path(path)
+    dev = pick_device(device)
+    if (path / WEIGHTS).is_file():
+        cfg = RunDir(path).config()
+        task = task_for(cfg.data.dataset)
+        info = _read_normalisation(path)
+        method = _skeleton_method(cfg, task)
+        _load_weights(method, load_file(path / WEIGHTS), path / WEIGHTS)
+    else:
+        run = RunDir(path)
+        cfg = run.config()
+        payload = load_checkpoint(run.checkpoint_path)
+        check_payload(run, payload, cfg)
+        task, data = load_data(cfg)  # the normalisation is the training split's
+        info = Normalisation(data.mean, data.std, SPECS[cfg.data.dataset].max_value)
+        method = _skeleton_method(cfg, task)
+        state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
+        _load_weights(method, state, run.checkpoint_path)
+    method = method.to(dev).eval()
+    return TrainedModel(method, cfg, task, info, dev)
+
+
+def _read_normalisation(path: Path) -> Normalisation:
+    try:
+        d = json.loads((path / NORMALISATION).read_text())
+        return Normalisation(tuple(d["mean"]), tuple(d["std"]), float(d["max_value"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path / NORMALISATION}: {e}") from None
+
+
+def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` + ``normalisation.json`` to ``out``.
+
+    The directory appears complete or not at all: it is written next to ``out`` and renamed.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists; choose another directory or add --overwrite")
+    model = load(run_dir, device="cpu")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().contiguous() for k, v in model.method.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "noprop", "method": model.config.method.method})
+        atomic_write_json(tmp / "config.json", model.config.to_dict())
+        norm = {**model.normalisation.to_dict(), "in_shape": list(model.in_shape),
+                "class_names": list(model.class_names), "dataset": model.config.data.dataset}  # fmt: skip
+        atomic_write_json(tmp / NORMALISATION, norm)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"cannot write --out {out}: {e.strerror or e}") from None
+    return out

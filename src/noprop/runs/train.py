@@ -1,0 +1,288 @@
+"""``train``: a run end to end — new or resumed — into a run directory.
+
+Bad input is rejected before anything is written: the config is validated, the output directory is
+checked (without creating it), the data are loaded and the model is built (and, on resume, the
+checkpoint is loaded and checked against the run), and only then is the directory created and
+``config.json`` written.
+
+Crash safety: every epoch appends its ``metrics.jsonl`` record and then atomically replaces
+``checkpoint.pt`` (:class:`RunDirWriter`); a process killed at any point resumes (``--resume``) from the
+last completed epoch, losing at most the epoch in progress, with a continuous metrics history and, on
+CPU with the same seed and thread count, bit-identical weights. A run killed before its first
+checkpoint resumes from scratch.
+
+Divergence: a non-finite loss or gradient (the step function) or non-finite parameters at the end of an
+epoch (:class:`~noprop.training.callbacks.FiniteParameters`) stop the run with a
+:class:`~noprop.errors.DivergenceError` naming the block and the epoch; the checkpoint of the last good
+epoch is kept (nothing of the bad epoch is written).
+
+Parallel runs (``--parallel``, see noprop/parallel/): every rank validates, loads the data (local rank
+0 first, so a download happens once per machine), builds the model and reads the checkpoint; only rank
+0 writes the run directory, the metrics, the checkpoint and the summary (and, with ``--tensorboard``,
+the TensorBoard event files in ``RUN/tensorboard``, :mod:`noprop.training.tensorboard`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..build import build_method
+from ..config import RunConfig
+from ..data import DataSplits
+from ..device import pick_device
+from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
+from ..methods import Method
+from ..parallel import build_trainer, parallel_context
+from ..parallel.distributed import DistContext
+from ..rundir import RunDir, Summary
+from ..tasks import Task, task_for
+from ..training.callbacks import Callback, FiniteParameters
+from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.tensorboard import TensorBoardLogger, require_tensorboard
+from ..training.trainer import Trainer, evaluate
+from ..version import __version__
+from .pause import PauseAtStep, pause, pause_point
+
+# Flags that may differ between the original run and ``--resume`` without changing the experiment.
+RESUMABLE_OVERRIDES = frozenset(
+    {"epochs", "device", "patience", "eval_batch_size", "data_dir", "download", "channels_last"}
+    | {"inference_steps"}
+    # how the run is parallelised: the checkpoint format is the same for every mode (a learned
+    # W_Embed/head then follows a different, equally valid, update order after the switch)
+    | {"parallel", "dist_timeout_s"}
+    # logging only: event files are written or not, the training is the same
+    | {"tensorboard"}
+)
+
+
+def load_data(cfg: RunConfig) -> tuple[Task, DataSplits]:
+    """The run's task and its data splits."""
+    task = task_for(cfg.data.dataset)
+    return task, task.load(cfg.data, cfg.train.seed)
+
+
+def build_for_data(cfg: RunConfig, task: Task, data: DataSplits) -> Method:
+    return build_method(cfg, task, None, *data.train)
+
+
+def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config with the allowed overrides applied; other differing flags are an error."""
+    saved = run.config()
+    flat = saved.flat()
+    for k in overrides:
+        if k not in RESUMABLE_OVERRIDES and k not in flat:
+            raise ConfigError(
+                f"--resume {run.path}: the run's --method {saved.method.method} has no option "
+                f"--{k.replace('_', '-')}"
+            )
+    conflicts = {
+        k: v for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES and flat.get(k) != v
+    }
+    if conflicts:
+        k, v = next(iter(conflicts.items()))
+        raise ConfigError(
+            f"--resume {run.path}: --{k.replace('_', '-')} {v} conflicts with the run's {flat[k]!r}"
+        )
+    allowed = {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}
+    return saved.replace(**allowed)
+
+
+def first_detail(e: BaseException) -> str:
+    """The most informative line of a (multi-line) torch error, shortened."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if not ln.endswith(":")), lines[0] if lines else "")
+    return (detail or type(e).__name__)[:200]
+
+
+def check_payload(run: RunDir, payload: dict[str, Any], cfg: RunConfig) -> None:
+    """A checkpoint must hold a trainer state and the config of ``run``'s ``config.json``.
+
+    Fields that may change on resume (:data:`RESUMABLE_OVERRIDES`) are not compared.
+    """
+    path = run.checkpoint_path
+    state = payload.get("trainer")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a noprop training checkpoint (no model state)")
+    try:
+        saved = RunConfig.from_dict(payload.get("config") or {}).flat()
+    except (NoPropError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} carries no valid run config") from None
+    for k, v in cfg.flat().items():
+        if k not in RESUMABLE_OVERRIDES and saved.get(k) != v:
+            raise CheckpointError(
+                f"{path} was written with --{k.replace('_', '-')} {saved.get(k)!r} but "
+                f"{run.config_path} says {v!r}; the checkpoint is incompatible with this config"
+            )
+
+
+class RunDirWriter(Callback):
+    """After every epoch (rank 0): the metrics record, then the checkpoint, atomically."""
+
+    def __init__(
+        self, run: RunDir, saved_config: dict[str, Any], pause_at: tuple[str, int] | None
+    ) -> None:
+        self.run, self.saved_config, self.pause_at = run, saved_config, pause_at
+        self.saved_epoch = 0  # the epoch checkpoint.pt holds
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        self.run.append_metrics(record)
+        if self.pause_at == ("metrics", epoch):
+            pause("metrics", epoch)
+        mid_write = None
+        if self.pause_at == ("checkpoint", epoch):
+            mid_write = functools.partial(pause, "checkpoint", epoch)
+        save_checkpoint(
+            self.run.checkpoint_path,
+            {"config": self.saved_config, "noprop_version": __version__, "trainer": trainer.state_dict()},
+            mid_write=mid_write,
+        )
+        self.saved_epoch = epoch
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a run into ``out`` (or continue it with ``resume``) and return ``summary.json``'s content.
+
+    Under torchrun with ``--parallel blocks|data`` every rank calls this; rank 0 writes and returns
+    the summary, the other ranks return an empty dict."""
+    run = RunDir(out)
+    if resume:
+        cfg = resume_config(run, overrides or {})
+    with parallel_context(cfg) as ctx:
+        return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train(
+    cfg: RunConfig,
+    run: RunDir,
+    ctx: DistContext | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    pause_at = pause_point()
+    is_main = ctx is None or ctx.is_main
+    if cfg.train.tensorboard:  # every rank: a missing package fails before anything is written
+        require_tensorboard()
+    payload = None
+    if resume:
+        if run.checkpoint_path.exists():  # else: killed before the first epoch ended; start over
+            payload = load_checkpoint(run.checkpoint_path)
+            check_payload(run, payload, run.config())
+    else:
+        run.check_writable(overwrite=overwrite, config=cfg.to_dict())
+    device = pick_device(cfg.train.device) if ctx is None else ctx.device
+    if ctx is None:
+        task, data = load_data(cfg)
+    else:
+        task, data = ctx.local_main_first(lambda: load_data(cfg), "to load the data")
+    method = build_for_data(cfg, task, data)
+    callbacks: list[Callback] = [FiniteParameters()]
+    if pause_at is not None and pause_at[0] == "step":
+        callbacks.insert(0, PauseAtStep(pause_at[1]))
+    writer = None
+    if is_main:
+        writer = RunDirWriter(run, {}, pause_at)
+        callbacks.append(writer)
+        if cfg.train.tensorboard:
+            # a DT epoch is one pass over the training data per block (Trainer.fit's data_passes)
+            samples = int(data.train[0].shape[0]) * method.num_units
+            callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
+    trainer = build_trainer(method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks)
+    if payload is not None:
+        try:
+            trainer.load_state_dict(_to_device(payload["trainer"], device))
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(
+                f"{run.checkpoint_path} does not match the run's model: {first_detail(e)}"
+            ) from None
+    if ctx is not None:  # every rank has checked --out before rank 0 creates it
+        ctx.barrier("waiting for every rank to load the data and model")
+    if is_main and resume:
+        run.truncate_metrics(trainer.state.epoch)
+        run.remove_stale_temp_files()
+    elif is_main:
+        run.start(cfg.to_dict(), overwrite=overwrite)
+    if writer is not None:
+        writer.saved_config = run.config().to_dict()
+        writer.saved_epoch = trainer.state.epoch
+    try:
+        trainer.fit(data.train, data.val)
+    except DivergenceError as e:
+        last = writer.saved_epoch if writer is not None else 0
+        kept = (
+            f"the checkpoint of epoch {last} is kept in {run.checkpoint_path}"
+            if last
+            else "no epoch completed, so there is no checkpoint"
+        )
+        message = str(e).removesuffix("; the last good checkpoint is kept")
+        raise DivergenceError(f"training diverged: {message}; {kept}; try a smaller --lr") from None
+    if not is_main:
+        return {}
+    summary = final_summary(trainer, data, cfg, device)
+    run.write_summary(summary)
+    return summary.to_dict()
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """Optimiser states must live where their parameters are; model tensors are copied by load."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device) if obj.is_floating_point() and obj.dim() > 0 else obj
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def final_summary(
+    trainer: Trainer, data: DataSplits, cfg: RunConfig, device: torch.device
+) -> Summary:
+    """Load the model selected on validation and evaluate the test set once (both inference modes)."""
+    method = trainer.method
+    if trainer.best_model is not None:
+        method.load_state_dict(trainer.best_model)
+    x, y = (t.to(device) for t in data.test)
+    bs, task = cfg.train.eval_batch_size, trainer.task
+    stochastic = evaluate(method, x, y, bs, deterministic=False, seed=cfg.train.seed, task=task)
+    deterministic = evaluate(method, x, y, bs, deterministic=True, seed=cfg.train.seed, task=task)
+    st = trainer.state
+    return Summary(
+        method=cfg.method.method,
+        dataset=cfg.data.dataset,
+        embedding=cfg.model.embedding,
+        val_accuracy=st.best_val if st.best_val >= 0 else None,
+        best_epoch=st.best_epoch,
+        test_accuracy=stochastic["accuracy"],
+        test_accuracy_deterministic=deterministic["accuracy"],
+        test_accuracy_per_step=stochastic["accuracy_per_step"],
+        train_seconds=round(st.train_seconds, 3),
+        epochs=st.epoch,
+        data_passes=st.data_passes,
+        params_per_block=method.params_per_block(),
+        num_train=int(data.train[0].shape[0]),
+        num_val=int(data.val[0].shape[0]),
+        num_test=int(x.shape[0]),
+        device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        cpu=platform.processor() or platform.machine(),
+        num_threads=torch.get_num_threads(),
+        parallel=cfg.train.parallel,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        torch_version=torch.__version__,
+        noprop_version=__version__,
+    )
