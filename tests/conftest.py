@@ -9,6 +9,19 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import pytest  # noqa: E402 (after the environment is set)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (bit-exact comparisons with numbers recorded that way)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 def pytest_generate_tests(metafunc):
     """Conformance classes (tests/test_conformance.py) run over their ``method_names`` × tasks."""

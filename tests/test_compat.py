@@ -23,14 +23,6 @@ RUN = FIXTURES / "run-v0.1.0-dt"
 EXPECTED = json.loads((FIXTURES / "run-v0.1.0-dt.expected.json").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_old_run_evaluates_as_before(tmp_path, one_thread):
     run = shutil.copytree(RUN, tmp_path / "run")
     det = evaluate_run(run, deterministic=True, device="cpu")["test_accuracy"]

@@ -28,14 +28,6 @@ EXTRA = {
 TOL = {"torch.float32": 1e-6, "torch.float64": 1e-10}
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_case(method: str, embedding: str, dtype: torch.dtype) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(48, 1, 8, 8, generator=g, dtype=torch.float64).to(dtype)

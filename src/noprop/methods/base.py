@@ -50,6 +50,19 @@ class ContinuousTimeOptions(MethodOptions):
         at_least("inference_steps", self.inference_steps)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TimeSamplingOptions(ContinuousTimeOptions):
+    """ct and fm: the Monte-Carlo estimate of their t-expectation (Eqs. 9 and 11)."""
+
+    t_samples: int = 8
+    """ct/fm: independent (t, z_t) draws per image in each training step, sharing its image
+    features (the paper: 1; 8 chosen on MNIST validation accuracy, BENCHMARKS.md)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("t_samples", self.t_samples)
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """Everything a method is built from besides its own options: the task, the model options, the

@@ -47,13 +47,13 @@ from ..options import at_least, positive
 from ..schedules import kl_prior, posterior_coefficients
 from ..schedules_ct import LearnedSchedule
 from ..solvers import ODE_SOLVERS, STOCHASTIC, integrate
-from .base import BuildContext, ContinuousTimeMethod, ContinuousTimeOptions
+from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions
 
 CT_SOLVERS = (*STOCHASTIC, *ODE_SOLVERS)
 
 
 @dataclass(frozen=True, kw_only=True)
-class CTConfig(ContinuousTimeOptions):
+class CTConfig(TimeSamplingOptions):
     solver: Literal[CT_SOLVERS] = "ancestral"  # type: ignore[valid-type]
     """inference scheme: ancestral (the stochastic a/b/c sampler, default for ct), or an ODE solver
     (euler, heun, midpoint, rk4, dopri5 ...) of the probability-flow ODE"""
@@ -65,9 +65,6 @@ class CTConfig(ContinuousTimeOptions):
     """ct: initial γ at the noise end"""
     gamma_width: int = 64
     """ct: hidden width of the monotone γ network"""
-    t_samples: int = 8
-    """ct/fm: independent (t, z_t) draws per image in each training step, sharing its image
-    features (the paper: 1; 8 chosen on MNIST validation accuracy, BENCHMARKS.md)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,7 +76,6 @@ class CTConfig(ContinuousTimeOptions):
                 f"need --gamma-min < --gamma-max (got {self.gamma_min}, {self.gamma_max})"
             )
         at_least("gamma_width", self.gamma_width)
-        at_least("t_samples", self.t_samples)
 
 TABLE_POINTS = 4097  # dense t-table for inverting r(t) at solver midpoints
 

@@ -27,25 +27,21 @@ from torch import Tensor
 
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
-from ..options import at_least, non_negative
+from ..options import non_negative
 from ..solvers import ODE_SOLVERS
-from .base import BuildContext, ContinuousTimeMethod, ContinuousTimeOptions
+from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions
 
 
 @dataclass(frozen=True, kw_only=True)
-class FMConfig(ContinuousTimeOptions):
+class FMConfig(TimeSamplingOptions):
     solver: Literal[ODE_SOLVERS] = "euler"  # type: ignore[valid-type]
     """inference ODE solver: euler (default for fm/adjoint), heun, midpoint, rk4, dopri5 ..."""
     fm_sigma: float = 0.0
     """fm: σ of the Gaussian probability path (Eq. 10)"""
-    t_samples: int = 8
-    """ct/fm: independent (t, z_t) draws per image in each training step, sharing its image
-    features (the paper: 1; 8 chosen on MNIST validation accuracy, BENCHMARKS.md)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         non_negative("fm_sigma", self.fm_sigma)
-        at_least("t_samples", self.t_samples)
 
 
 def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
