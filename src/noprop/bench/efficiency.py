@@ -19,6 +19,12 @@ trainer, then times ``--max-batches`` training steps and an inference pass, and 
 
 The parent also measures the machine's fp32 matmul FLOP/s (``machine_matmul_flops_per_s``) in the same
 run and writes the DT / back-prop time and memory ratios.
+
+``--background-load K`` measures each method a second time while K single-threaded busy loops, started
+and stopped by the bench (and each bounded by ``--background-seconds``), compete for the cores: the
+worker's ``loaded`` figures and ``loaded_over_quiet`` (loaded / quiet training samples per second) show
+what a busy machine costs, measured rather than guessed. The OpenMP wait policy in force (noprop's
+default: passive, noprop/runtime.py) is recorded with the machine.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..build import build_method
-from ..config import make_config
+from ..config import make_config, method_fields
 from ..device import pick_device
 from ..errors import NoPropError
 from ..methods import METHODS
@@ -247,6 +253,9 @@ def run_worker(method: str, args: argparse.Namespace, overrides: dict[str, Any])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+LOADED_KEYS = ("train_samples_per_s", "block_steps_per_s", "epoch_seconds")
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     ok = {m for m, r in results.items() if "error" not in r}
@@ -258,6 +267,34 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
                 rb["peak_train_memory_bytes"], 1
             )
     return out
+
+
+BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def background_load(k: int, seconds: float) -> Iterator[None]:
+    """``k`` single-threaded busy processes for the duration of the block (each ends by itself
+    after ``seconds`` at the latest, so a killed bench leaves nothing spinning for long)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=seconds)])
+        for _ in range(k)
+    ]
+    try:
+        time.sleep(0.5)  # let them start before the measurement does
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def method_overrides(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that apply to ``method`` (``--T`` means nothing to ct/fm/adjoint)."""
+    owners = method_fields()
+    return {
+        k: v for k, v in overrides.items() if k not in owners or METHODS[method] in owners[k]
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,7 +314,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "device": args.device,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
+        "background_load": args.background_load,
         "machine_matmul_flops_per_s": matmul_flops_per_s(),
         "dataset": args.dataset,
         "max_batches": args.max_batches,
@@ -286,7 +325,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m in methods:
         print(f"bench efficiency: measuring {m} ...", file=sys.stderr, flush=True)
         try:
-            out["methods"][m] = r = run_worker(m, args, overrides)
+            out["methods"][m] = r = run_worker(m, args, method_overrides(m, overrides))
+            if args.background_load:
+                print(f"bench efficiency: measuring {m} under load ...", file=sys.stderr, flush=True)
+                with background_load(args.background_load, args.background_seconds):
+                    loaded = run_worker(m, args, method_overrides(m, overrides))
+                r["loaded"] = {k: loaded[k] for k in LOADED_KEYS}
+                r["loaded_over_quiet"] = loaded["train_samples_per_s"] / r["train_samples_per_s"]
         except NoPropError as e:  # keep the other methods' figures; say which one failed
             out["methods"][m] = {"error": str(e)}
             print(f"bench efficiency: {e}", file=sys.stderr, flush=True)
@@ -349,6 +394,14 @@ def format_table(result: dict[str, Any]) -> str:
     for k, v in result.items():
         if k.endswith("_ratio"):
             lines.append(f"{k}: {v:.3f}")
+    for m, r in result["methods"].items():
+        if "loaded" in r:
+            lines.append(
+                f"{m} with {result['background_load']} busy process(es): "
+                f"{r['loaded']['train_samples_per_s']:.1f} samples/s vs {r['train_samples_per_s']:.1f} "
+                f"quiet → loaded/quiet {r['loaded_over_quiet']:.2f} "
+                f"(OMP_WAIT_POLICY={result['machine']['omp_wait_policy']})"
+            )
     for row in result.get("memory_vs_T", []):
         lines.append(
             f"T={row['T']:<4} peak MiB: dt {row['dt_peak_train_memory_bytes'] / 2**20:.1f}, "
@@ -376,12 +429,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-vs-T", default="", help="also measure peak memory at these T, e.g. 10,20,40"
     )
+    p.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also measure each method while K single-threaded busy processes run (default 0)",
+    )
+    p.add_argument(
+        "--background-seconds",
+        type=float,
+        default=1800.0,
+        help="upper bound on each busy process's life in seconds (default 1800)",
+    )
     p.add_argument("--out", help="write the JSON result here")
 
 
 def main_bench(args: argparse.Namespace) -> int:
     if args.max_batches < 1:
         raise NoPropError(f"--max-batches must be >= 1 (got {args.max_batches})")
+    if args.background_load < 0 or not args.background_seconds > 0:
+        raise NoPropError("--background-load must be >= 0 and --background-seconds > 0")
     return report(run(args), args.out, format_table)
 
 
