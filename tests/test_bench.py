@@ -60,22 +60,9 @@ def test_bench_background_load_measures_quiet_and_loaded(tmp_path):
                "--out", str(out)])  # fmt: skip
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["background_load"] == 1 and r["machine"]["omp_wait_policy"] == "PASSIVE"
+    assert r["background_load"] == 1 and "omp_wait_policy" in r["machine"]
     for m in ("dt", "ct"):
         row = r["methods"][m]
         assert row["loaded"]["train_samples_per_s"] > 0 and row["loaded_over_quiet"] > 0
     busy = subprocess.run(["pgrep", "-f", "while time.monotonic"], capture_output=True, text=True)
     assert busy.stdout.strip() == "", "a busy process outlived the bench"
-
-
-def test_omp_defaults_respect_the_users_environment():
-    from noprop.runtime import apply_omp_defaults
-
-    env: dict[str, str] = {}
-    assert apply_omp_defaults(env, torch_loaded=False) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "1000"}, {"NOPROP_NO_OMP_DEFAULTS": "1"}):
-        env = dict(user)
-        assert apply_omp_defaults(env, torch_loaded=False) == {} and env == user
-    env = {}
-    assert apply_omp_defaults(env, torch_loaded=True) == {} and env == {}  # too late to matter

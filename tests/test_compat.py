@@ -62,3 +62,22 @@ def test_new_config_with_a_foreign_key_is_refused():
     bad["method"]["frobnicate"] = 1
     with pytest.raises(ConfigError, match="frobnicate"):
         RunConfig.from_dict(bad)
+
+
+def test_a_summary_without_the_later_fields_reads():
+    from noprop.rundir import Summary
+
+    d = json.loads((RUN / "summary.json").read_text())
+    for k in ("parallel", "world_size"):
+        d.pop(k)
+    s = Summary.from_dict(d)
+    assert (s.parallel, s.world_size) == ("none", 1)
+
+
+def test_foreign_and_null_keys_in_a_current_config():
+    cfg = RunConfig().to_dict()
+    cfg["method"] = {"method": "dt", "T": 3, "fm_sigma": 0.5}  # not a 0.1 file: an error
+    with pytest.raises(ConfigError, match="fm_sigma"):
+        RunConfig.from_dict(cfg)
+    cfg["method"] = {"method": "dt", "T": 3, "eta": None}  # None: the method's default
+    assert RunConfig.from_dict(cfg).options.eta == 0.1

@@ -73,6 +73,8 @@ def test_parallel_flags_are_validated():
         make_config(parallel="pipeline")
     with pytest.raises(ConfigError, match="dist-timeout-s"):
         make_config(dist_timeout_s=0)
+    with pytest.raises(ConfigError, match="--offload-blocks is for one process"):
+        make_config(offload_blocks=True, parallel="blocks")
 
 
 # ---------------------------------------------------------------------------------------- fused

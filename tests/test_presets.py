@@ -101,8 +101,12 @@ def test_every_preset_is_its_table_row(row: list[str]):
         assert "eta" not in options  # the method has no η
     else:
         assert options["eta"] == float(eta)
+    paper_k = ["t_samples"] if method in ("ct", "fm") else []  # one t per image, as Algorithms 2-3
     assert set(preset.values) == {"dataset", "method", "batch_size", "epochs", "optimizer", "lr",
-                                  "weight_decay", *timesteps[method], *(["eta"] if eta != "–" else [])}  # fmt: skip
+                                  "weight_decay", *timesteps[method], *(["eta"] if eta != "–" else []),
+                                  *paper_k}  # fmt: skip
+    if paper_k:
+        assert options["t_samples"] == 1
 
 
 def test_one_preset_per_table_row():

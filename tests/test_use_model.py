@@ -178,3 +178,75 @@ def test_readme_python_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "exported" / "digits-dt" / "model.safetensors").is_file()
     printed = capsys.readouterr().out
     assert "tensor(" in printed
+
+
+def test_export_never_replaces_anything_but_an_export(run, tmp_path, monkeypatch):
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / "copy")
+    before = sorted(p.name for p in copy.iterdir())
+    for out in (copy, copy / "inner"):  # the run itself, or a directory inside it
+        assert main(["export", str(copy), "--out", str(out), "--overwrite"]) == 2
+    assert sorted(p.name for p in copy.iterdir()) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["export", str(run), "--out", str(other), "--overwrite"]) == 2
+    assert (other / "notes.txt").read_text() == "mine"
+    assert main(["export", str(run), "--out", str(tmp_path / "e")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "e"), "--overwrite"]) == 0  # an export
+    empty = tmp_path / "here"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert main(["export", str(run), "--out", "."]) == 0  # '.' resolves to the directory
+    assert (empty / "model.safetensors").is_file()
+
+
+def test_exported_directories_are_listed_and_not_resumable(run, tmp_path, capsys):
+    out = tmp_path / "runs" / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[0] == "exported"
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "holds no training state" in capsys.readouterr().err
+
+
+def test_predict_refuses_an_existing_out_file_before_inference(run, raw_test, tmp_path):
+    x_raw, _ = raw_test
+    np.save(tmp_path / "d.npy", x_raw[:4])
+    target = tmp_path / "config.json"
+    target.write_text("{}")
+    assert main(["predict", str(run), str(tmp_path / "d.npy"), "--out", str(target)]) == 2
+    assert target.read_text() == "{}"
+    assert main(["predict", str(run), str(tmp_path / "d.npy"), "--out", str(target), "--overwrite"]) == 0
+    assert len(json.loads(target.read_text())) == 4
+
+
+def test_odd_inputs_are_one_line_errors(run, tmp_path):
+    model = noprop.load(run, device="cpu")
+    from noprop.errors import ConfigError
+
+    for bad in (np.zeros((0, 1, 8, 8), np.uint8), np.zeros((3, 5), np.float32)):
+        with pytest.raises(ConfigError, match="do not fit this model"):
+            model.predict(bad)
+    np.save(tmp_path / "scalar.npy", np.array(3.0))
+    assert main(["predict", str(run), str(tmp_path / "scalar.npy")]) == 2
+    # any tensor dtype or device: bfloat16 is converted, not a traceback
+    assert model.predict(torch.zeros(2, 1, 8, 8, dtype=torch.bfloat16)).shape == (2,)
+
+
+def test_eval_chains_prints_accuracy_and_seconds_per_chain_count(run, capsys):
+    from noprop import evaluate_run
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--chains", "1,4"]) == 0
+    printed = capsys.readouterr().out
+    assert "deterministic" in printed and "eval_chains.json" in printed
+    rows = json.loads((run / "eval_chains.json").read_text())["rows"]
+    assert [r["chains"] for r in rows] == [0, 1, 4]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 for r in rows)
+    # one chain is `noprop eval`'s stochastic inference (same seed, batches and draws)
+    assert rows[0]["test_accuracy"] == evaluate_run(run, deterministic=True, device="cpu")["test_accuracy"]
+    assert rows[1]["test_accuracy"] == evaluate_run(run, device="cpu")["test_accuracy"]
+    assert main(["eval", str(run), "--chains", "0"]) == 2

@@ -1,11 +1,5 @@
 """noprop: train neural networks the NoProp way (Li, Teh, Pascanu, arXiv 2503.24322)."""
 
-# ruff: noqa: E402 — the OpenMP defaults must be set before the imports below load torch
-
-from .runtime import apply_omp_defaults
-
-apply_omp_defaults()  # before anything imports torch (see runtime.py)
-
 from .build import build_method
 from .config import MethodConfig, RunConfig, make_config
 from .data import load_dataset

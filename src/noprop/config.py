@@ -31,6 +31,9 @@ LEGACY_METHOD_KEYS = frozenset(
     {"T", "eta", "cosine_s", "alpha_bar_min", "alpha_bar_max", "inference_steps", "solver"}
     | {"gamma_min", "gamma_max", "gamma_width", "fm_sigma", "t_samples", "adjoint_steps"}
 )
+#: keys every 0.1 method section holds (the DT schedule's, there from the start): how a 0.1 file is
+#: told from a current one with a foreign key, which is an error
+LEGACY_CORE = frozenset({"T", "eta", "cosine_s", "alpha_bar_min", "alpha_bar_max"})
 
 
 def method_fields() -> dict[str, list[type[Method]]]:
@@ -72,8 +75,9 @@ class MethodConfig:
         name = d.pop("method", "dt")
         method = method_class(name)
         own = {f.name for f in dataclasses.fields(method.Config)}
-        if set(d) - own:
+        if LEGACY_CORE <= set(d) and set(d) - own:
             d = _legacy(name, d, own)
+        d = {k: v for k, v in d.items() if v is not None}  # None: the method's default
         unknown = set(d) - own
         if unknown:
             raise ConfigError(
@@ -142,6 +146,11 @@ class RunConfig:
             raise ConfigError(
                 "--offload-blocks keeps one NoProp-DT block on the accelerator at a time; it needs "
                 "--method dt and --order blocks"
+            )
+        if self.train.offload_blocks and parallel in ("blocks", "data"):
+            raise ConfigError(
+                "--offload-blocks is for one process (--parallel none); under --parallel "
+                f"{parallel} every rank already holds only its own blocks' work"
             )
         if parallel == "fused" and self.train.order != "interleaved":
             raise ConfigError(

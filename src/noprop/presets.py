@@ -109,6 +109,8 @@ def _preset(row: tuple[Any, ...]) -> Preset:
     }
     if eta is not None:
         values["eta"] = float(eta)
+    if method in ("ct", "fm"):
+        values["t_samples"] = 1  # Algorithm 2/3 draw one t per image (noprop's default is 8)
     source = f"{SOURCE}: " + " | ".join(map(_cell, row))
     return Preset(f"paper-{dataset}-{method}", values, source)
 

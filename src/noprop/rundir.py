@@ -3,7 +3,8 @@
 Files: ``config.json`` (the resolved :class:`~noprop.config.RunConfig`), ``metrics.jsonl`` (one
 :class:`EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
 ``summary.json`` (:class:`Summary`, written once at the end), and the evaluation outputs
-``eval_steps.json`` (``noprop eval --steps``) and ``eval5.json`` (``noprop bench reproduce``), and the
+``eval_steps.json`` (``noprop eval --steps``), ``eval_chains.json`` (``noprop eval --chains``) and
+``eval5.json`` (``noprop bench reproduce``), and the
 directory ``tensorboard/`` (``--tensorboard``: TensorBoard event files, appended to on ``--resume``).
 Everything that reads a run — ``eval``, ``plot``, ``bench`` — goes through :class:`RunDir`.
 
@@ -32,8 +33,10 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "checkpoint.pt",
     "summary.json",
 )
-EVAL_STEPS, EVAL5 = "eval_steps.json", "eval5.json"
-FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5)
+EVAL_STEPS, EVAL5, EVAL_CHAINS = "eval_steps.json", "eval5.json", "eval_chains.json"
+FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS)
+#: an exported model (``noprop export``): weights without pickle and the input normalisation
+EXPORTED_WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
 TENSORBOARD = "tensorboard"  # a directory: event files of TensorBoardLogger (--tensorboard)
 
 
@@ -88,18 +91,20 @@ class Summary:
     device: str
     cpu: str
     num_threads: int
-    parallel: str
-    world_size: int
     torch_version: str
     noprop_version: str
+    # added in 0.1 after its first runs: older summaries lack them
+    parallel: str = "none"
+    world_size: int = 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Summary:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(d)
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = names - optional - set(d)
         if missing:
             raise NoPropError(f"summary.json lacks {sorted(missing)}")
-        return cls(**{k: d[k] for k in names})
+        return cls(**{k: d[k] for k in names if k in d})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,6 +156,10 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config_path.is_file()
+
+    def is_export(self) -> bool:
+        """An exported model (``noprop export``), not a training run."""
+        return (self.path / EXPORTED_WEIGHTS).is_file() and self.config_path.is_file()
 
     def read_config(self) -> dict[str, Any]:
         if not self.path.exists():
@@ -217,7 +226,7 @@ class RunDir:
                     break
             raise ConfigError(f"cannot write to --out {self.path}: {e.strerror or e}") from None
         if overwrite:
-            for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5):
+            for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS):
                 (self.path / name).unlink(missing_ok=True)
             tb = self.tensorboard_dir
             if tb.is_dir() and not tb.is_symlink():
@@ -282,6 +291,12 @@ class RunDir:
 
     def write_eval_steps(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.eval_steps_path, result)
+
+    def write_eval_chains(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.path / EVAL_CHAINS, result)
+
+    def read_eval_chains(self) -> dict[str, Any] | None:
+        return _read_json(self.path / EVAL_CHAINS)
 
     def read_eval5(self) -> dict[str, Any] | None:
         return _read_json(self.eval5_path)

@@ -23,8 +23,8 @@ run and writes the DT / back-prop time and memory ratios.
 ``--background-load K`` measures each method a second time while K single-threaded busy loops, started
 and stopped by the bench (and each bounded by ``--background-seconds``), compete for the cores: the
 worker's ``loaded`` figures and ``loaded_over_quiet`` (loaded / quiet training samples per second) show
-what a busy machine costs, measured rather than guessed. The OpenMP wait policy in force (noprop's
-default: passive, noprop/runtime.py) is recorded with the machine.
+what a busy machine costs, measured rather than guessed. The OpenMP wait policy in force
+(``$OMP_WAIT_POLICY``) is recorded with the machine; experiments/omp_wait_study.py compares settings.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ class DatasetSpec:
         max_value: Raw pixel value that maps to 1.0 before standardisation.
         title: The data set's name as printed in tables and figures.
         class_names: One name per class (digits when the classes are the digits 0..9).
+        task: The name of the task the data set poses (a key of :data:`noprop.tasks.TASKS`).
     """
 
     num_classes: int
@@ -93,6 +94,7 @@ class DatasetSpec:
     max_value: float
     title: str = ""
     class_names: tuple[str, ...] = ()
+    task: str = "classification"
 
     def class_name(self, k: int) -> str:
         return self.class_names[k] if k < len(self.class_names) else str(k)

@@ -1,6 +1,6 @@
 """Runs: train into a run directory (new or resumed), load it back, evaluate it, sweep its solver."""
 
-from .evaluate import evaluate_run, load_run, load_run_with_task
+from .evaluate import evaluate_chains, evaluate_run, load_run, load_run_with_task
 from .model import TrainedModel, export, load
 from .sweep import sweep_steps
 from .train import RESUMABLE_OVERRIDES, load_data, train
@@ -8,6 +8,7 @@ from .train import RESUMABLE_OVERRIDES, load_data, train
 __all__ = [
     "RESUMABLE_OVERRIDES",
     "TrainedModel",
+    "evaluate_chains",
     "evaluate_run",
     "export",
     "load",

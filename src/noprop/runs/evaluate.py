@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..rundir import RunDir
 from ..tasks import Task
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import evaluate
+from .model import load
 from .train import build_for_data, check_payload, first_detail, load_data
 
 
@@ -59,7 +61,8 @@ def evaluate_run(
     x, y = (t.to(dev) for t in data.test)
     bs = cfg.train.eval_batch_size
     results = [
-        evaluate(method, x, y, bs, deterministic, seed=cfg.train.seed + r, task=task)
+        evaluate(method, x, y, bs, deterministic, seed=cfg.train.seed + r, task=task,
+                 progress=True, desc=f"test run {r + 1}/{runs}")  # fmt: skip
         for r in range(runs)
     ]
     accs = [r["accuracy"] for r in results]
@@ -77,3 +80,30 @@ def evaluate_run(
         "accuracy_per_step": steps,
         "accuracies": accs,
     }
+
+
+def evaluate_chains(
+    run_dir: str | Path, chains: list[int], *, device: str = "auto", seed: int | None = None
+) -> list[dict[str, Any]]:
+    """Test accuracy and seconds of averaging the head's probabilities over N stochastic chains
+    (``TrainedModel.predict_proba``, one N·B batch per pass) for every N in ``chains``; also the
+    deterministic chain (``chains = 0`` in the rows) for comparison. Writes ``eval_chains.json``."""
+    if not chains or any(n < 1 for n in chains):
+        raise ConfigError(f"--chains takes positive integers (got {chains})")
+    model = load(run_dir, device)
+    _, data = load_data(model.config)
+    x, y = data.test
+    rows = []
+    for n in [0, *chains]:
+        start = time.perf_counter()
+        probs = model.predict_proba(x, chains=max(n, 1), deterministic=n == 0, seed=seed)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        seconds = time.perf_counter() - start
+        acc = float((probs.argmax(-1) == y).double().mean())
+        rows.append({"chains": n, "test_accuracy": acc, "seconds": round(seconds, 4)})
+    RunDir(run_dir).write_eval_chains(
+        {"device": str(model.device), "num_test": int(x.shape[0]), "rows": rows,
+         "seed": model.config.train.seed if seed is None else seed}  # fmt: skip
+    )
+    return rows

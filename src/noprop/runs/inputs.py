@@ -40,6 +40,8 @@ def read_inputs(paths: list[str], in_shape: tuple[int, ...]) -> tuple[np.ndarray
             array = np.load(files[0], allow_pickle=False)
         except (ValueError, OSError) as e:
             raise ConfigError(f"cannot read {files[0]} as a .npy array: {e}") from None
+        if array.ndim < 2 or len(array) == 0:
+            raise ConfigError(f"{files[0]} holds an array of shape {array.shape}, not a batch of images")
         return array, [str(i) for i in range(len(array))]
     images = [p for f in files for p in (sorted(f.iterdir()) if f.is_dir() else [f])]
     pictures = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -80,6 +82,18 @@ def _read_pictures(paths: list[Path], in_shape: tuple[int, ...]) -> np.ndarray:
     if resized:
         _warn(f"{resized} of {len(paths)} images resized to {width}×{height} ({mode}) for this model")
     return np.stack(out)
+
+
+def check_predictions_path(path: str | Path, *, overwrite: bool = False) -> None:
+    """Before any inference: a .csv/.json name in an existing directory, not an existing file
+    (unless ``overwrite``) — so a typo cannot replace a run's config.json."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise ConfigError(f"--out {path}: use a .csv or .json file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: {path.parent} is not a directory")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"--out {path} exists; choose another name or add --overwrite")
 
 
 def write_predictions(path: str | Path, rows: list[dict[str, Any]]) -> None:

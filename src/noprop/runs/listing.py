@@ -1,6 +1,6 @@
 """``noprop runs [DIR]``: the run directories under DIR with their method, data, accuracy and status.
 
-Status: ``finished`` (summary.json), ``resumable`` (a checkpoint of a completed epoch, no summary:
+Status: ``exported`` (a ``noprop export`` directory), ``finished`` (summary.json), ``resumable`` (a checkpoint of a completed epoch, no summary:
 ``noprop train --resume DIR``), ``failed`` (config.json only: stopped before its first epoch ended).
 """
 
@@ -44,7 +44,9 @@ def describe(path: Path) -> dict[str, Any]:
         return {**row, "status": f"unreadable ({e})"}
     row["method"] = cfg.get("method", {}).get("method", "?")
     row["dataset"] = cfg.get("data", {}).get("dataset", "?")
-    if summary is not None:
+    if run.is_export():
+        row.update(status="exported", epochs=None, val=None, test=None)
+    elif summary is not None:
         row.update(status="finished", epochs=summary.get("epochs"),
                    val=summary.get("val_accuracy"), test=summary.get("test_accuracy"))  # fmt: skip
     else:

@@ -36,12 +36,13 @@ from ..data.datasets import SPECS, normalise
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
 from ..methods import Method
-from ..rundir import RunDir
+from ..rundir import EXPORTED_WEIGHTS, NORMALISATION, RunDir
 from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint
 from .train import check_payload, first_detail, load_data
 
-WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
+WEIGHTS = EXPORTED_WEIGHTS
+EXPORT_FILES = frozenset({WEIGHTS, "config.json", NORMALISATION})
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,18 @@ class TrainedModel:
 
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
         """Model inputs (N, *in_shape) on the device from raw uint8 or normalised float images."""
-        array = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+        if isinstance(x, Tensor):  # any device or dtype: uint8 stays raw, the rest become float32
+            x = x.detach().cpu()
+            array = x.numpy() if x.dtype == torch.uint8 else x.float().numpy()
+        else:
+            array = np.asarray(x)
         shape = self.in_shape
         one_channel = len(shape) == 3 and shape[0] == 1
         if array.shape == shape or (one_channel and array.shape == shape[1:]):  # one image
             array = array[None]
         if one_channel and array.ndim == 3 and array.shape[1:] == shape[1:]:  # (N, H, W)
             array = array[:, None]
-        if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
+        if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape or len(array) == 0:
             raise ConfigError(
                 f"inputs of shape {tuple(array.shape)} do not fit this model, which takes images "
                 f"of shape {shape} (as (N, {', '.join(map(str, shape))}) or one image)"
@@ -185,9 +190,20 @@ def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> 
 
     The directory appears complete or not at all: it is written next to ``out`` and renamed.
     """
-    out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out} exists; choose another directory or add --overwrite")
+    out = Path(out).resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a directory")
+        held = {p.name for p in out.iterdir()}
+        if held and not overwrite:
+            raise ConfigError(f"--out {out} exists; choose another directory or add --overwrite")
+        if held - EXPORT_FILES:  # --overwrite replaces an earlier export, never anything else
+            raise ConfigError(
+                f"--out {out} holds files that are not an export ({', '.join(sorted(held - EXPORT_FILES)[:3])}); "
+                "refusing to replace it"
+            )
+    if out == Path(run_dir).resolve() or Path(run_dir).resolve() in out.parents:
+        raise ConfigError(f"--out {out} is inside the run directory {run_dir}; choose another")
     model = load(run_dir, device="cpu")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -81,8 +81,9 @@ def sweep_steps(
                 method.inference_steps, method.solver = n, solver
                 start = time.perf_counter()
                 result = evaluate(
-                    method, x, y, cfg.train.eval_batch_size, deterministic, seed, task=task
-                )
+                    method, x, y, cfg.train.eval_batch_size, deterministic, seed, task=task,
+                    progress=True, desc=f"{solver}, {n} steps",
+                )  # fmt: skip
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 rows.append(

@@ -160,6 +160,8 @@ def train(
     Under torchrun with ``--parallel blocks|data`` every rank calls this; rank 0 writes and returns
     the summary, the other ranks return an empty dict."""
     run = RunDir(out)
+    if resume and run.is_export():
+        raise ConfigError(f"--resume {run.path}: an exported model holds no training state")
     if resume:
         cfg = resume_config(run, overrides or {})
     with parallel_context(cfg) as ctx:
@@ -259,8 +261,9 @@ def final_summary(
         method.load_state_dict(trainer.best_model)
     x, y = (t.to(device) for t in data.test)
     bs, task = cfg.train.eval_batch_size, trainer.task
-    stochastic = evaluate(method, x, y, bs, deterministic=False, seed=cfg.train.seed, task=task)
-    deterministic = evaluate(method, x, y, bs, deterministic=True, seed=cfg.train.seed, task=task)
+    kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress}
+    stochastic = evaluate(method, x, y, bs, deterministic=False, desc="test", **kw)
+    deterministic = evaluate(method, x, y, bs, deterministic=True, desc="test (deterministic)", **kw)
     st = trainer.state
     return Summary(
         method=cfg.method.method,

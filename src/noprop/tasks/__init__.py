@@ -1,7 +1,12 @@
-"""Tasks: what is predicted from what (:class:`Task`); ``task_for(dataset)`` picks a data set's task."""
+"""Tasks: what is predicted from what (:class:`Task`); ``task_for(dataset)`` picks a data set's task.
+
+Adding a task: one file here with a :class:`Task` subclass, one line in :data:`TASKS`, and its data
+sets' specs naming it (``DatasetSpec.task``).
+"""
 
 from __future__ import annotations
 
+from ..data.datasets import SPECS
 from .base import BlockFamily, Task
 from .classification import ClassificationTask
 
@@ -10,8 +15,8 @@ TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
 
 
 def task_for(dataset: str) -> Task:
-    """The task of a named data set."""
-    return ClassificationTask(dataset)
+    """The task a named data set poses (its spec names it: ``SPECS[dataset].task``)."""
+    return TASKS[SPECS[dataset].task](dataset)  # type: ignore[call-arg]
 
 
 __all__ = ["TASKS", "BlockFamily", "ClassificationTask", "Task", "task_for"]

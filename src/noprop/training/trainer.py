@@ -42,10 +42,10 @@ class TrainState:
     best_epoch: int = 0
 
 
-def default_order(method: Method, cfg: TrainConfig, units: Sequence[int] | None = None):
-    units = range(method.num_units) if units is None else units
+def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved:
+    """``--order blocks`` (Algorithm 1) or ``interleaved`` over all of the method's units."""
     cls = Algorithm1 if cfg.order == "blocks" else Interleaved
-    return cls(units, cfg.batch_size, cfg.seed)
+    return cls(range(method.num_units), cfg.batch_size, cfg.seed)
 
 
 class Trainer:
@@ -57,6 +57,9 @@ class Trainer:
         device: where to train.
         task: the task (data layout and metric); default: classification of the given tensors.
         order, step, callbacks, evaluator: the loop's components (defaults: sequential training).
+
+    ``--parallel`` layouts and ``--offload-blocks`` are components too: build them with
+    :func:`noprop.parallel.build_trainer`, which reads those options from the run config.
     """
 
     def __init__(
@@ -153,15 +156,30 @@ class Trainer:
         trainer: Trainer, x: Tensor, y: Tensor, *, deterministic: bool, seed: int
     ) -> dict[str, Any]:
         return evaluate(
-            trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed, task=trainer.task
-        )
+            trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
+            task=trainer.task, progress=trainer.progress, desc="validation",
+        )  # fmt: skip
 
     def to_device(self, t: Tensor) -> Tensor:
         return self.task.to_device(t, self.device, fast_layout=self.cfg.channels_last)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> None:
-        """Train from ``state.epoch`` to ``cfg.epochs`` with validation-based model selection."""
+    def fit(
+        self,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Train from ``state.epoch`` to ``cfg.epochs`` with validation-based model selection.
+
+        ``on_epoch(trainer, record)``, if given, runs after every epoch's callbacks (noprop 0.1's
+        hook; a :class:`~noprop.training.callbacks.Callback` is the general form)."""
+        if on_epoch is not None:
+            self.callbacks.append(_OnEpoch(on_epoch))
+            try:
+                return self.fit(train, val)
+            finally:
+                self.callbacks.pop()
         x, y = (self.to_device(t) for t in train)
         xv, yv = (self.to_device(t) for t in val)
         cfg = self.cfg
@@ -221,11 +239,17 @@ class Trainer:
         self.state = TrainState(**sd["train_state"])
 
 
-def _mean(total: Tensor | None, count: int) -> float | list[float] | None:
-    """A loss part's epoch mean (a list for a per-block tensor of the fused step)."""
-    if total is None or not count:
-        return None
-    return float(total) / count if total.dim() == 0 else (total / count).tolist()
+class _OnEpoch(Callback):
+    def __init__(self, fn: Callable[[Trainer, dict[str, Any]], None]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.fn(trainer, record)
+
+
+def _mean(total: Tensor | None, count: int) -> float | None:
+    """A loss part's epoch mean over the steps of one unit (None if the unit did not train)."""
+    return None if total is None or not count else float(total) / count
 
 
 @torch.no_grad()
@@ -238,8 +262,12 @@ def evaluate(
     seed: int = 0,
     *,
     task: Task | None = None,
+    progress: bool = False,
+    desc: str = "inference",
 ) -> dict[str, Any]:
-    """Run inference on (x, y) in batches; the metric overall and after each step (read-out of z_t)."""
+    """Run inference on (x, y) in batches; the metric overall and after each step (read-out of z_t).
+
+    ``progress`` shows a bar of images done (on a terminal only), with the number of read-outs."""
     task = task if task is not None else ClassificationTask.from_shape((), 0)
     was_training = method.training
     method.eval()
@@ -247,11 +275,16 @@ def evaluate(
     with devrng:
         torch.manual_seed(seed)
         score: Tensor | None = None
+        bar = tqdm(total=x.shape[0], desc=desc, unit="img", leave=False, mininterval=1.0,
+                   disable=None if progress else True)  # fmt: skip
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             logits = method.predict_steps(xb, deterministic=deterministic)  # (S, B, m)
             hits = task.score(logits, yb)
             score = hits if score is None else score + hits
+            bar.set_postfix(readouts=logits.shape[0], refresh=False)
+            bar.update(xb.shape[0])
+        bar.close()
     method.train(was_training)
     assert score is not None
     per_step = (score.double() / x.shape[0]).tolist()
