@@ -36,9 +36,13 @@ def test_old_run_resumes_as_before(tmp_path, one_thread):
     for k, v in EXPECTED["resumed_to_2_epochs"].items():
         assert summary[k] == v, k
     model = torch.load(run / "checkpoint.pt", weights_only=True)["trainer"]["model"]
-    total = sum(float(v.double().abs().sum()) for _, v in sorted(model.items()) if v.is_floating_point())
+    total = sum(
+        float(v.double().abs().sum()) for _, v in sorted(model.items()) if v.is_floating_point()
+    )
     assert total == EXPECTED["resumed_model_abs_sum"]
-    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert [
+        r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    ] == [1, 2]
 
 
 @pytest.mark.parametrize("method", ["backprop", "ct", "fm", "adjoint"])

@@ -156,6 +156,7 @@ def test_the_checker_catches_a_cycle_and_an_upward_import(tmp_path):
 def test_every_required_dependency_is_imported():
     """No required dependency goes unused (pyproject.toml [project] dependencies)."""
     import re
+
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]

@@ -80,7 +80,12 @@ def test_parallel_flags_are_validated():
 # ---------------------------------------------------------------------------------------- fused
 def _trainer(cfg, data, cls, dtype):
     torch.set_num_threads(1)
-    return cls(build_method(cfg, data.in_shape, data.num_classes, *data.train).to(dtype), cfg, CPU, progress=False)
+    return cls(
+        build_method(cfg, data.in_shape, data.num_classes, *data.train).to(dtype),
+        cfg,
+        CPU,
+        progress=False,
+    )
 
 
 def _fit(cfg, data, cls, dtype=torch.float32):

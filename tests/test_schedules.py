@@ -168,7 +168,9 @@ def test_large_T_keeps_unclipped_cosine_values_and_fills_clipped_runs_in_log_snr
     k = int((old[1:-1] >= cfg.alpha_bar_max).sum())
     assert k >= 1
     lam = torch.logit(ab[-(k + 2) :])
-    torch.testing.assert_close(lam, torch.linspace(lam[0].item(), lam[-1].item(), k + 2, dtype=torch.float64))
+    torch.testing.assert_close(
+        lam, torch.linspace(lam[0].item(), lam[-1].item(), k + 2, dtype=torch.float64)
+    )
 
 
 def test_impossible_schedule_error_names_the_flags():

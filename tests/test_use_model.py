@@ -52,13 +52,27 @@ def test_predict_agrees_with_eval(run, raw_test, tmp_path, capsys):
     _, _, data, _ = load_run(run, "cpu")
     assert torch.equal(model.predict(data.test[0], deterministic=True), want)  # normalised floats
     out = tmp_path / "p.json"
-    assert main(["predict", str(run), str(tmp_path / "digits.npy"), "--deterministic", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tmp_path / "digits.npy"),
+                "--deterministic",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["class"] for r in rows] == want.tolist()
     assert all(r["name"] == str(r["class"]) and 0 < r["probability"] <= 1 for r in rows)
     capsys.readouterr()
     assert main(["eval", str(run), "--deterministic"]) == 0
-    acc = float(re.search(r"test accuracy \(deterministic, 1 runs\): ([0-9.]+)", capsys.readouterr().out)[1])
+    acc = float(
+        re.search(r"test accuracy \(deterministic, 1 runs\): ([0-9.]+)", capsys.readouterr().out)[1]
+    )
     assert acc == pytest.approx(float((want == torch.as_tensor(y)).double().mean()), abs=5e-5)
 
 
@@ -164,9 +178,28 @@ def test_runs_lists_status(run, tmp_path, capsys):
 
 def test_end_of_run_line(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["train", "--T", "2", "--epochs", "1", "--max-train-samples", "100", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--T",
+                "2",
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "100",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(rf"val [0-9.]+ · test [0-9.]+ \(deterministic [0-9.]+\) · 1 epochs · [0-9.]+ s · {re.escape(str(out))}", line), line
+    assert re.fullmatch(
+        rf"val [0-9.]+ · test [0-9.]+ \(deterministic [0-9.]+\) · 1 epochs · [0-9.]+ s · {re.escape(str(out))}",
+        line,
+    ), line
 
 
 def test_readme_python_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
@@ -219,7 +252,10 @@ def test_predict_refuses_an_existing_out_file_before_inference(run, raw_test, tm
     target.write_text("{}")
     assert main(["predict", str(run), str(tmp_path / "d.npy"), "--out", str(target)]) == 2
     assert target.read_text() == "{}"
-    assert main(["predict", str(run), str(tmp_path / "d.npy"), "--out", str(target), "--overwrite"]) == 0
+    assert (
+        main(["predict", str(run), str(tmp_path / "d.npy"), "--out", str(target), "--overwrite"])
+        == 0
+    )
     assert len(json.loads(target.read_text())) == 4
 
 
@@ -247,6 +283,9 @@ def test_eval_chains_prints_accuracy_and_seconds_per_chain_count(run, capsys):
     assert [r["chains"] for r in rows] == [0, 1, 4]
     assert all(0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 for r in rows)
     # one chain is `noprop eval`'s stochastic inference (same seed, batches and draws)
-    assert rows[0]["test_accuracy"] == evaluate_run(run, deterministic=True, device="cpu")["test_accuracy"]
+    assert (
+        rows[0]["test_accuracy"]
+        == evaluate_run(run, deterministic=True, device="cpu")["test_accuracy"]
+    )
     assert rows[1]["test_accuracy"] == evaluate_run(run, device="cpu")["test_accuracy"]
     assert main(["eval", str(run), "--chains", "0"]) == 2

@@ -28,6 +28,9 @@ def build_method(
         if num_classes is None:
             raise TypeError("build_method(cfg, in_shape, num_classes, ...) needs num_classes")
         task = ClassificationTask.from_shape(tuple(task_or_shape), num_classes)
+    task.check_model(cfg.model)
     torch.manual_seed(cfg.train.seed)
     ctx = BuildContext(task, cfg.model, cfg.train.seed, train_x, train_y)
-    return cfg.method.cls.from_config(cfg.options, ctx)
+    method = cfg.method.cls.from_config(cfg.options, ctx)
+    method.label_dims = task.label_dims
+    return method

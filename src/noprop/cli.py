@@ -244,7 +244,12 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     )
     conf, classes = probs.max(-1)
     rows = [
-        {"input": n, "class": int(c), "name": model.task.class_name(int(c)), "probability": round(float(p), 6)}
+        {
+            "input": n,
+            "class": int(c),
+            "name": model.task.class_name(int(c)),
+            "probability": round(float(p), 6),
+        }
         for n, c, p in zip(names, classes, conf, strict=True)
     ]
     if ns.out:

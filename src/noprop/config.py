@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .data import DataConfig
+from .data.text import TEXT_DATASETS
 from .errors import ConfigError
 from .methods import METHODS, Method, MethodOptions, method_class
 from .models.config import ModelConfig
 from .options import flag
 from .training.config import TrainConfig
+
+#: ``--embed-dim`` when not given: the paper's 20 for images ([I] spec), 64 for bytes (issue 11)
+IMAGE_EMBED_DIM, TEXT_EMBED_DIM = 20, 64
 
 #: the method section of a noprop 0.1 ``config.json``: every method's options in one flat section
 LEGACY_METHOD_KEYS = frozenset(
@@ -134,7 +138,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        text = self.data.dataset in TEXT_DATASETS
+        if self.model.embed_dim is None:  # the task's default, stored explicitly in config.json
+            dim = TEXT_EMBED_DIM if text else IMAGE_EMBED_DIM
+            object.__setattr__(self, "model", dataclasses.replace(self.model, embed_dim=dim))
         parallel, cls, name = self.train.parallel, self.method.cls, self.method.method
+        task = "language" if text else "classification"
+        if task not in cls.tasks:
+            raise ConfigError(
+                f"--method {name} does not support the {task} task of --dataset "
+                f"{self.data.dataset}; methods that do: "
+                + ", ".join(n for n, c in METHODS.items() if task in c.tasks)
+            )
         if parallel in ("blocks", "fused") and not cls.local_units:
             raise ConfigError(
                 f"--parallel {parallel} splits a method's independently trained blocks, but "
@@ -210,4 +225,3 @@ class RunConfig:
 def make_config(**flat: Any) -> RunConfig:
     """Build a :class:`RunConfig` from flat field names, e.g. ``make_config(dataset="mnist", T=10)``."""
     return RunConfig().replace(**flat)
-

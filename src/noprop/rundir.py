@@ -34,7 +34,8 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "summary.json",
 )
 EVAL_STEPS, EVAL5, EVAL_CHAINS = "eval_steps.json", "eval5.json", "eval_chains.json"
-FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS)
+DATA_INFO = "data.json"
+FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, DATA_INFO)
 #: an exported model (``noprop export``): weights without pickle and the input normalisation
 EXPORTED_WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
 TENSORBOARD = "tensorboard"  # a directory: event files of TensorBoardLogger (--tensorboard)
@@ -96,6 +97,9 @@ class Summary:
     # added in 0.1 after its first runs: older summaries lack them
     parallel: str = "none"
     world_size: int = 1
+    # added in 0.2 for text runs: further test metrics, e.g. {"bits_per_byte": ...,
+    # "bits_per_byte_deterministic": ...}
+    test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Summary:
@@ -226,7 +230,7 @@ class RunDir:
                     break
             raise ConfigError(f"cannot write to --out {self.path}: {e.strerror or e}") from None
         if overwrite:
-            for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS):
+            for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, DATA_INFO):
                 (self.path / name).unlink(missing_ok=True)
             tb = self.tensorboard_dir
             if tb.is_dir() and not tb.is_symlink():
@@ -303,3 +307,10 @@ class RunDir:
 
     def write_eval5(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.eval5_path, result)
+
+    def write_data_info(self, info: dict[str, Any]) -> None:
+        """``data.json``: facts about the data the run read (text: the corpus's SHA-256 and sizes)."""
+        atomic_write_json(self.path / DATA_INFO, info)
+
+    def read_data_info(self) -> dict[str, Any] | None:
+        return _read_json(self.path / DATA_INFO)

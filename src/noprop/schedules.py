@@ -91,9 +91,13 @@ def cosine_alpha_bar(cfg: CosineSchedule) -> Tensor:
     if not bool(knot.all()):
         knots = knot.nonzero().squeeze(1)
         gaps = (~knot).nonzero().squeeze(1)
-        pos = torch.searchsorted(knots, gaps)  # knots[pos - 1] < gap < knots[pos]; knot 0 exists, so pos >= 1
+        pos = torch.searchsorted(
+            knots, gaps
+        )  # knots[pos - 1] < gap < knots[pos]; knot 0 exists, so pos >= 1
         left, right = knots[pos - 1], knots[pos]
-        lam = torch.logit(alpha_bar)  # λ_t = log SNR(t): strictly increasing in ᾱ, unbounded both ways
+        lam = torch.logit(
+            alpha_bar
+        )  # λ_t = log SNR(t): strictly increasing in ᾱ, unbounded both ways
         w = (t[gaps] - t[left]) / (t[right] - t[left])
         lam_gap = lam[left] + w * (lam[right] - lam[left])
         alpha_bar = alpha_bar.clone()

@@ -18,14 +18,22 @@ from noprop.config import make_config
 from noprop.training.trainer import Trainer
 
 CASES = [
-    ("dt", "one-hot"), ("dt", "learned"), ("dt", "prototype"),
-    ("backprop", "one-hot"), ("backprop", "learned"),
-    ("ct", "one-hot"), ("ct", "learned"),
-    ("fm", "one-hot"), ("fm", "learned"),
+    ("dt", "one-hot"),
+    ("dt", "learned"),
+    ("dt", "prototype"),
+    ("backprop", "one-hot"),
+    ("backprop", "learned"),
+    ("ct", "one-hot"),
+    ("ct", "learned"),
+    ("fm", "one-hot"),
+    ("fm", "learned"),
     ("adjoint", "one-hot"),
 ]
-EXTRA = {"ct": dict(inference_steps=6, t_samples=2), "fm": dict(inference_steps=6, t_samples=2),
-         "adjoint": dict(inference_steps=6, adjoint_steps=4)}
+EXTRA = {
+    "ct": dict(inference_steps=6, t_samples=2),
+    "fm": dict(inference_steps=6, t_samples=2),
+    "adjoint": dict(inference_steps=6, adjoint_steps=4),
+}
 
 
 def data(dtype):
@@ -37,8 +45,16 @@ def data(dtype):
 
 def run_case(method: str, embedding: str, dtype: torch.dtype) -> dict:
     x, y = data(dtype)
-    cfg = make_config(method=method, embedding=embedding, T=3, block="mlp", embed_dim=6,
-                      batch_size=16, seed=3, **EXTRA.get(method, {}))
+    cfg = make_config(
+        method=method,
+        embedding=embedding,
+        T=3,
+        block="mlp",
+        embed_dim=6,
+        batch_size=16,
+        seed=3,
+        **EXTRA.get(method, {}),
+    )
     m = build_method(cfg, x.shape[1:], 4, x.float(), y).to(dtype)
     trainer = Trainer(m, cfg, torch.device("cpu"), progress=False)
     torch.manual_seed(11)
@@ -53,8 +69,14 @@ def run_case(method: str, embedding: str, dtype: torch.dtype) -> dict:
     det = m.predict_steps(xt, deterministic=True)
     torch.manual_seed(5)
     sto = m.predict_steps(xt, deterministic=False)
-    return {"method": method, "embedding": embedding, "dtype": str(dtype), "loss_trace": trace,
-            "predict_deterministic": det.tolist(), "predict_stochastic": sto.tolist()}
+    return {
+        "method": method,
+        "embedding": embedding,
+        "dtype": str(dtype),
+        "loss_trace": trace,
+        "predict_deterministic": det.tolist(),
+        "predict_stochastic": sto.tolist(),
+    }
 
 
 if __name__ == "__main__":

@@ -195,11 +195,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     evaluate(method, xt, yt, cfg.train.eval_batch_size)
     infer_s = time.perf_counter() - start
-    image_cache = (
-        time_image_cache(method, xt[:CACHE_SAMPLES])
-        if method.continuous_time
-        else None
-    )
+    image_cache = time_image_cache(method, xt[:CACHE_SAMPLES]) if method.continuous_time else None
     blocks_per_step = 1 if units > 1 else getattr(method, "T", 1)
     steps_per_epoch = -(-x.shape[0] // bs) * units
     epoch_seconds = steps_per_epoch * sec_per_step
@@ -269,7 +265,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-BUSY_LOOP = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+BUSY_LOOP = (
+    "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+)
 
 
 @contextlib.contextmanager
@@ -292,9 +290,7 @@ def background_load(k: int, seconds: float) -> Iterator[None]:
 def method_overrides(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The overrides that apply to ``method`` (``--T`` means nothing to ct/fm/adjoint)."""
     owners = method_fields()
-    return {
-        k: v for k, v in overrides.items() if k not in owners or METHODS[method] in owners[k]
-    }
+    return {k: v for k, v in overrides.items() if k not in owners or METHODS[method] in owners[k]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -327,7 +323,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             out["methods"][m] = r = run_worker(m, args, method_overrides(m, overrides))
             if args.background_load:
-                print(f"bench efficiency: measuring {m} under load ...", file=sys.stderr, flush=True)
+                print(
+                    f"bench efficiency: measuring {m} under load ...", file=sys.stderr, flush=True
+                )
                 with background_load(args.background_load, args.background_seconds):
                     loaded = run_worker(m, args, method_overrides(m, overrides))
                 r["loaded"] = {k: loaded[k] for k in LOADED_KEYS}

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..options import at_least
 from .datasets import DATASETS
+from .text import TEXT_DATASETS
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: str = "digits"
-    """digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100"""
+    """images: digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100; text
+    (next-byte prediction): stdlib (bundled: this Python's standard library source), text
+    (--data-dir FILE or directory of .txt files), tiny-shakespeare"""
     data_dir: str | None = None
     """directory holding the data set files (downloaded there when missing and online)"""
     val_fraction: float = 0.1
@@ -21,12 +24,16 @@ class DataConfig:
     """use at most N training examples (after the validation split)"""
     download: bool = True
     """download missing data files (default on; --no-download to forbid)"""
+    context: int = 128
+    """text: bytes of context per window (every position is a next-byte target)"""
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
+        if self.dataset not in DATASETS + TEXT_DATASETS:
             raise ConfigError(
-                f"unknown --dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+                f"unknown --dataset {self.dataset!r}; choose one of "
+                f"{', '.join(DATASETS + TEXT_DATASETS)}"
             )
+        at_least("context", self.context)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
         if self.max_train_samples is not None:

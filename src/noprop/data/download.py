@@ -162,6 +162,19 @@ SOURCES: dict[str, RemoteSource] = {
         (RemoteFile("cifar-100-binary.tar.gz", _md5("03b5dce01913d631647c71ecec9e9cb8")),),
         extract=tuple(f"{CIFAR100_DIR}/{name}" for name in CIFAR100_FILES),
     ),
+    "tiny-shakespeare": RemoteSource(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/",
+        (
+            RemoteFile(
+                "input.txt",
+                (
+                    Checksum(
+                        "sha256", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+                    ),
+                ),
+            ),
+        ),
+    ),
 }
 
 

@@ -24,7 +24,9 @@ def method_class(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown --method {name!r}; choose one of {', '.join(METHODS)}") from None
+        raise ConfigError(
+            f"unknown --method {name!r}; choose one of {', '.join(METHODS)}"
+        ) from None
 
 
 __all__ = [

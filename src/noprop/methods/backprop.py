@@ -5,6 +5,9 @@ z_0 ~ N(0, I);  z_t = (1 − α_t) z_{t−1} + α_t û_θt(z_{t−1}, x),  α_t 
 ŷ = argmax p̂_θout(y | z_T). The paper gives no init for w_t ([I]): w_t = atanh(0.5) so every α_t starts
 at 0.5. The loss is the cross-entropy of the head on z_T ([I]: "presumably" in the spec). There is a
 single unit: one optimiser updates every block, the α's, the head and W_Embed together.
+
+On a task with a label per position (next-byte prediction) ``--method backprop`` is the standard causal
+transformer instead (:class:`~noprop.methods.transformer.TransformerBackprop`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least
 from .base import BuildContext, Method, MethodOptions
+from .transformer import TransformerBackprop
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +40,12 @@ class Backprop(Method):
     label = "Backprop"
     Config = BackpropConfig
     default_optimizer = "adamw"
+    tasks = ("classification", "language")
 
     @classmethod
-    def from_config(cls, options: BackpropConfig, ctx: BuildContext) -> Backprop:
+    def from_config(cls, options: BackpropConfig, ctx: BuildContext) -> Method:
+        if ctx.task.label_dims:  # next-token prediction: the standard causal transformer
+            return TransformerBackprop.from_config(options, ctx)
         emb, head = ctx.embedding_and_head()
         return cls([ctx.block("discrete", emb.dim) for _ in range(options.T)], emb, head)
 

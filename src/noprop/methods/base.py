@@ -80,7 +80,7 @@ class BuildContext:
         emb = build_embedding(
             m.embedding,
             self.task.num_classes,
-            embed_dim=m.embed_dim,
+            embed_dim=m.embed_dim if m.embed_dim is not None else 20,
             train_x=self.train_x,
             train_y=self.train_y,
             seed=self.seed,
@@ -90,7 +90,7 @@ class BuildContext:
 
     def block(self, family: BlockFamily, d: int) -> nn.Module:
         """One block of the task for label embeddings of dimension ``d`` (``--block``)."""
-        return self.task.build_block(family, self.model.block, d)
+        return self.task.build_block(family, self.model, d)
 
 
 class Method(nn.Module):
@@ -111,6 +111,11 @@ class Method(nn.Module):
     #: True when every unit's loss reads only its own unit and the shared parameters, so units may
     #: train on different ranks (``--parallel blocks``) or in one vmapped step
     local_units: ClassVar[bool] = False
+    #: the task names (:data:`noprop.tasks.TASKS`) the method can be built for
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: label dimensions per example of the task it was built for (``Task.label_dims``): z has shape
+    #: (*x.shape[: 1 + label_dims], d), one noised label embedding per label
+    label_dims: int = 0
 
     @classmethod
     def from_config(cls, options: Any, ctx: BuildContext) -> Method:
@@ -167,6 +172,10 @@ class Method(nn.Module):
 
     def predict(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
         return self.predict_steps(x, deterministic=deterministic)[-1]
+
+    def z_shape(self, x: Tensor) -> tuple[int, ...]:
+        """Shape of z for inputs ``x``: (B, d) for classification, (B, L, d) for next-token tasks."""
+        return (*x.shape[: 1 + self.label_dims], self.embedding.dim)
 
 
 class ContinuousTimeMethod(Method):

@@ -77,6 +77,7 @@ class CTConfig(TimeSamplingOptions):
             )
         at_least("gamma_width", self.gamma_width)
 
+
 TABLE_POINTS = 4097  # dense t-table for inverting r(t) at solver midpoints
 
 

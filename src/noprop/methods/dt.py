@@ -56,6 +56,7 @@ class NoPropDT(Method):
     Config = DTConfig
     default_optimizer = "adamw"
     local_units = True
+    tasks = ("classification", "language")
 
     @classmethod
     def from_config(cls, options: DTConfig, ctx: BuildContext) -> NoPropDT:
@@ -69,7 +70,9 @@ class NoPropDT(Method):
             )
         )
         blocks = [ctx.block("discrete", emb.dim) for _ in range(options.T)]
-        return cls(blocks, emb, head, schedule, eta=options.eta)
+        method = cls(blocks, emb, head, schedule, eta=options.eta)
+        method.label_dims = ctx.task.label_dims
+        return method
 
     @classmethod
     def units_for(cls, options: DTConfig) -> int:
@@ -136,7 +139,7 @@ class NoPropDT(Method):
         # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
         ab_T = s.alpha_bar[self.T]
         z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T
-        ce = F.cross_entropy(self.head(z_T, W), y)
+        ce = F.cross_entropy(self.head(z_T, W).flatten(0, -2), y.flatten())  # (B[, L]) labels
         # 5. KL(q(z_0 | y) ‖ N(0, I)): a constant for one-hot W_Embed
         kl = kl_prior(u_y, s.alpha_bar[0]).mean()
         total = ce + kl + weight * l2
@@ -151,11 +154,11 @@ class NoPropDT(Method):
         path; repeated runs give identical predictions.
         """
         s, W = self.schedule, self.embedding.weight
-        shape = (x.shape[0], W.shape[1])
-        z = (
-            x.new_zeros(shape)
+        shape = self.z_shape(x)  # (B, d), or (B, L, d) with a label per position
+        z = (  # W's dtype: x may hold byte ids
+            W.new_zeros(shape)
             if deterministic
-            else torch.randn(shape, device=x.device, dtype=x.dtype)
+            else torch.randn(shape, device=W.device, dtype=W.dtype)
         )
         readouts = [self.head(z, W)]
         for t in range(1, self.T + 1):

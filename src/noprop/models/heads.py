@@ -72,7 +72,10 @@ class PosteriorHead(nn.Module):
 
     def forward(self, z: Tensor, W: Tensor) -> Tensor:
         y_tilde = self.f_out(z).softmax(-1) @ W  # (B, d), Eq. 15
-        sq_dist = (y_tilde.unsqueeze(1) - W.unsqueeze(0)).pow(2).sum(-1)  # (B, m)
+        if y_tilde.dim() == 2:
+            sq_dist = (y_tilde.unsqueeze(1) - W.unsqueeze(0)).pow(2).sum(-1)  # (B, m)
+        else:  # a label per position: (B, L, m) by ‖a‖² − 2a·b + ‖b‖², not a (B, L, m, d) tensor
+            sq_dist = y_tilde.pow(2).sum(-1, keepdim=True) - 2 * y_tilde @ W.T + W.pow(2).sum(-1)
         return -sq_dist / (2 * self.sigma**2)  # Eq. 16 (log-softmax of this is the posterior)
 
 

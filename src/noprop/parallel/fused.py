@@ -146,7 +146,9 @@ class FusedStep(StepFunction):
 
     def _diverged(self, units: list[int], what: str, epoch: int) -> None:
         blocks = ", ".join(str(u + 1) for u in units)
-        raise DivergenceError(f"{what} became NaN or infinite in block {blocks} at epoch {epoch + 1}")
+        raise DivergenceError(
+            f"{what} became NaN or infinite in block {blocks} at epoch {epoch + 1}"
+        )
 
     # ------------------------------------------------- sequential-format state
     @torch.no_grad()

@@ -61,8 +61,17 @@ def evaluate_run(
     x, y = (t.to(dev) for t in data.test)
     bs = cfg.train.eval_batch_size
     results = [
-        evaluate(method, x, y, bs, deterministic, seed=cfg.train.seed + r, task=task,
-                 progress=True, desc=f"test run {r + 1}/{runs}")  # fmt: skip
+        evaluate(
+            method,
+            x,
+            y,
+            bs,
+            deterministic,
+            seed=cfg.train.seed + r,
+            task=task,
+            progress=True,
+            desc=f"test run {r + 1}/{runs}",
+        )  # fmt: skip
         for r in range(runs)
     ]
     accs = [r["accuracy"] for r in results]
@@ -103,7 +112,11 @@ def evaluate_chains(
         acc = float((probs.argmax(-1) == y).double().mean())
         rows.append({"chains": n, "test_accuracy": acc, "seconds": round(seconds, 4)})
     RunDir(run_dir).write_eval_chains(
-        {"device": str(model.device), "num_test": int(x.shape[0]), "rows": rows,
-         "seed": model.config.train.seed if seed is None else seed}  # fmt: skip
+        {
+            "device": str(model.device),
+            "num_test": int(x.shape[0]),
+            "rows": rows,
+            "seed": model.config.train.seed if seed is None else seed,
+        }  # fmt: skip
     )
     return rows

@@ -41,7 +41,9 @@ def read_inputs(paths: list[str], in_shape: tuple[int, ...]) -> tuple[np.ndarray
         except (ValueError, OSError) as e:
             raise ConfigError(f"cannot read {files[0]} as a .npy array: {e}") from None
         if array.ndim < 2 or len(array) == 0:
-            raise ConfigError(f"{files[0]} holds an array of shape {array.shape}, not a batch of images")
+            raise ConfigError(
+                f"{files[0]} holds an array of shape {array.shape}, not a batch of images"
+            )
         return array, [str(i) for i in range(len(array))]
     images = [p for f in files for p in (sorted(f.iterdir()) if f.is_dir() else [f])]
     pictures = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -80,7 +82,9 @@ def _read_pictures(paths: list[Path], in_shape: tuple[int, ...]) -> np.ndarray:
             raise ConfigError(f"cannot read image {p}: {e}") from None
         out.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
     if resized:
-        _warn(f"{resized} of {len(paths)} images resized to {width}×{height} ({mode}) for this model")
+        _warn(
+            f"{resized} of {len(paths)} images resized to {width}×{height} ({mode}) for this model"
+        )
     return np.stack(out)
 
 

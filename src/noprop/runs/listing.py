@@ -60,7 +60,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     def num(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else "-"
 
-    lines = [f"{'status':<10} {'method':<9} {'dataset':<14} {'epochs':>6} {'val':>7} {'test':>7}  run"]
+    lines = [
+        f"{'status':<10} {'method':<9} {'dataset':<14} {'epochs':>6} {'val':>7} {'test':>7}  run"
+    ]
     for r in rows:
         lines.append(
             f"{r['status']:<10} {r.get('method', '?'):<9} {r.get('dataset', '?'):<14} "

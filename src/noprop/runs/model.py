@@ -150,7 +150,9 @@ def _load_weights(method: Method, state: dict[str, Tensor], where: Path) -> None
     try:
         method.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{where} does not match the run's model: {first_detail(e)}") from None
+        raise CheckpointError(
+            f"{where} does not match the run's model: {first_detail(e)}"
+        ) from None
 
 
 def load(path: str | Path, device: str = "auto") -> TrainedModel:
@@ -159,7 +161,7 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
     dev = pick_device(device)
     if (path / WEIGHTS).is_file():
         cfg = RunDir(path).config()
-        task = task_for(cfg.data.dataset)
+        task = task_for(cfg.data)
         info = _read_normalisation(path)
         method = _skeleton_method(cfg, task)
         _load_weights(method, load_file(path / WEIGHTS), path / WEIGHTS)
@@ -210,7 +212,11 @@ def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> 
     try:
         tmp.mkdir(parents=True)
         state = {k: v.detach().contiguous() for k, v in model.method.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "noprop", "method": model.config.method.method})
+        save_file(
+            state,
+            str(tmp / WEIGHTS),
+            metadata={"format": "noprop", "method": model.config.method.method},
+        )
         atomic_write_json(tmp / "config.json", model.config.to_dict())
         norm = {**model.normalisation.to_dict(), "in_shape": list(model.in_shape),
                 "class_names": list(model.class_names), "dataset": model.config.data.dataset}  # fmt: skip

@@ -63,7 +63,7 @@ RESUMABLE_OVERRIDES = frozenset(
 
 def load_data(cfg: RunConfig) -> tuple[Task, DataSplits]:
     """The run's task and its data splits."""
-    task = task_for(cfg.data.dataset)
+    task = task_for(cfg.data)
     return task, task.load(cfg.data, cfg.train.seed)
 
 
@@ -140,7 +140,11 @@ class RunDirWriter(Callback):
             mid_write = functools.partial(pause, "checkpoint", epoch)
         save_checkpoint(
             self.run.checkpoint_path,
-            {"config": self.saved_config, "noprop_version": __version__, "trainer": trainer.state_dict()},
+            {
+                "config": self.saved_config,
+                "noprop_version": __version__,
+                "trainer": trainer.state_dict(),
+            },
             mid_write=mid_write,
         )
         self.saved_epoch = epoch
@@ -205,7 +209,9 @@ def _train(
             # a DT epoch is one pass over the training data per block (Trainer.fit's data_passes)
             samples = int(data.train[0].shape[0]) * method.num_units
             callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
-    trainer = build_trainer(method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks)
+    trainer = build_trainer(
+        method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks
+    )
     if payload is not None:
         try:
             trainer.load_state_dict(_to_device(payload["trainer"], device))
@@ -220,6 +226,10 @@ def _train(
         run.remove_stale_temp_files()
     elif is_main:
         run.start(cfg.to_dict(), overwrite=overwrite)
+    if is_main and (info := task.data_info()) is not None:
+        run.write_data_info(
+            info
+        )  # e.g. the text corpus's SHA-256: it depends on the Python version
     if writer is not None:
         writer.saved_config = run.config().to_dict()
         writer.saved_epoch = trainer.state.epoch
@@ -263,8 +273,14 @@ def final_summary(
     bs, task = cfg.train.eval_batch_size, trainer.task
     kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress}
     stochastic = evaluate(method, x, y, bs, deterministic=False, desc="test", **kw)
-    deterministic = evaluate(method, x, y, bs, deterministic=True, desc="test (deterministic)", **kw)
+    deterministic = evaluate(
+        method, x, y, bs, deterministic=True, desc="test (deterministic)", **kw
+    )
     st = trainer.state
+    scores = {k: v for k, v in stochastic.items() if not k.startswith("accuracy")}
+    scores |= {
+        f"{k}_deterministic": v for k, v in deterministic.items() if not k.startswith("accuracy")
+    }
     return Summary(
         method=cfg.method.method,
         dataset=cfg.data.dataset,
@@ -288,4 +304,5 @@ def final_summary(
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         torch_version=torch.__version__,
         noprop_version=__version__,
+        test_scores=scores,
     )

@@ -6,17 +6,33 @@ sets' specs naming it (``DatasetSpec.task``).
 
 from __future__ import annotations
 
+from ..data import DataConfig
 from ..data.datasets import SPECS
+from ..data.text import TEXT_DATASETS
 from .base import BlockFamily, Task
 from .classification import ClassificationTask
+from .language import LanguageTask, bits, mixture_bits
 
-#: task name → class; every data set of :data:`noprop.data.DATASETS` is a classification data set today
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
-
-
-def task_for(dataset: str) -> Task:
-    """The task a named data set poses (its spec names it: ``SPECS[dataset].task``)."""
-    return TASKS[SPECS[dataset].task](dataset)  # type: ignore[call-arg]
+#: task name → class: the image data sets of :data:`noprop.data.DATASETS` pose classification
+#: (``SPECS[d].task``), the text corpora of :data:`noprop.data.text.TEXT_DATASETS` next-byte prediction
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "language": LanguageTask}
 
 
-__all__ = ["TASKS", "BlockFamily", "ClassificationTask", "Task", "task_for"]
+def task_for(data: str | DataConfig) -> Task:
+    """The task a data set poses: a name, or a :class:`DataConfig` (its ``--context`` for text)."""
+    name = data if isinstance(data, str) else data.dataset
+    if name in TEXT_DATASETS:
+        return LanguageTask(name, 128 if isinstance(data, str) else data.context)
+    return TASKS[SPECS[name].task](name)  # type: ignore[call-arg]
+
+
+__all__ = [
+    "TASKS",
+    "BlockFamily",
+    "ClassificationTask",
+    "LanguageTask",
+    "Task",
+    "bits",
+    "mixture_bits",
+    "task_for",
+]

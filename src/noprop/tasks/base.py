@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import DataConfig, DataSplits
+from ..models.config import ModelConfig
 
 #: the two block families: a DT/back-prop block û_θt(z, x), or a CT/FM block û_θ(z, x, t)
 BlockFamily = Literal["discrete", "continuous"]
@@ -27,6 +28,9 @@ class Task(ABC):
     name: ClassVar[str]
     #: the name of :meth:`score`'s metric in records (``val_<metric>``) and tables
     metric: ClassVar[str] = "accuracy"
+    #: label dimensions per example: 0 for one class per input (y (B,)), 1 for one label per
+    #: position (y (B, L), next-token prediction); z then has shape (*y.shape, d)
+    label_dims: ClassVar[int] = 0
 
     @property
     @abstractmethod
@@ -43,8 +47,20 @@ class Task(ABC):
         """The normalised train/validation/test splits."""
 
     @abstractmethod
-    def build_block(self, family: BlockFamily, kind: str, d: int) -> nn.Module:
-        """One block of ``family`` for label embeddings of dimension ``d`` (``kind``: ``--block``)."""
+    def build_block(self, family: BlockFamily, model: ModelConfig, d: int) -> nn.Module:
+        """One block of ``family`` for label embeddings of dimension ``d`` (``model.block``: ``--block``)."""
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Raise a one-line ConfigError for model options this task cannot use (default: none)."""
+        return None
+
+    def data_info(self) -> dict | None:
+        """Facts about the loaded data a run directory records (default: none)."""
+        return None
+
+    def eval_batch_size(self, requested: int) -> int:
+        """Examples per inference batch for ``--eval-batch-size requested`` (default: as requested)."""
+        return requested
 
     def to_device(self, t: Tensor, device: torch.device, *, fast_layout: bool = True) -> Tensor:
         """A tensor of this task's data on ``device`` (subclasses may choose a faster layout)."""
@@ -60,3 +76,9 @@ class Task(ABC):
         The default is the number of correct argmax predictions (accuracy = score / B).
         """
         return (logits.argmax(-1) == y).sum(-1)
+
+    def extra_scores(self, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Further metrics, each summed over the batch's labels per read-out, (S,) (default: none).
+
+        :func:`noprop.training.trainer.evaluate` divides them by the number of labels (``y.numel()``)."""
+        return {}

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from ..data import DataConfig, DataSplits, load_dataset
 from ..data.datasets import SPECS, DatasetSpec
+from ..errors import ConfigError
 from ..models import build_dt_block
+from ..models.config import ModelConfig
 from ..models.ct_blocks import build_ct_block
 from .base import BlockFamily, Task
 
@@ -57,9 +59,11 @@ class ClassificationTask(Task):
             download=data.download,
         )
 
-    def build_block(self, family: BlockFamily, kind: str, d: int) -> nn.Module:
+    def build_block(self, family: BlockFamily, model: ModelConfig, d: int) -> nn.Module:
+        if model.block == "transformer":
+            raise ConfigError("--block transformer is the text block; images use conv or mlp")
         build = build_dt_block if family == "discrete" else build_ct_block
-        return build(kind, self.in_shape, d, self.num_classes)
+        return build(model.block, self.in_shape, d, self.num_classes)
 
     def to_device(self, t: Tensor, device: torch.device, *, fast_layout: bool = True) -> Tensor:
         t = t.to(device)

@@ -77,9 +77,7 @@ class Trainer:
     ) -> None:
         self.cfg: TrainConfig = cfg if isinstance(cfg, TrainConfig) else cfg.train
         self.task = task if task is not None else ClassificationTask.from_shape((), 0)
-        self.method = self.task.prepare_model(
-            method.to(device), fast_layout=self.cfg.channels_last
-        )
+        self.method = self.task.prepare_model(method.to(device), fast_layout=self.cfg.channels_last)
         self.device = device
         self.progress = progress
         self.opt = Optimizers(self.method, self.cfg)
@@ -206,6 +204,8 @@ class Trainer:
                 ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
                 record["val_accuracy"] = ev["accuracy"]
                 record["val_accuracy_per_step"] = ev["accuracy_per_step"]
+                for k in ev.keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte
+                    record[f"val_{k}"] = ev[k]
                 improved = ev["accuracy"] > self.state.best_val
             else:
                 improved = True  # no validation split: the last epoch is the selected model
@@ -217,7 +217,10 @@ class Trainer:
                 }
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
-            if cfg.patience is not None and self.state.epoch - self.state.best_epoch >= cfg.patience:
+            if (
+                cfg.patience is not None
+                and self.state.epoch - self.state.best_epoch >= cfg.patience
+            ):
                 break
         for cb in self.callbacks:
             cb.on_fit_end(self)
@@ -275,17 +278,27 @@ def evaluate(
     with devrng:
         torch.manual_seed(seed)
         score: Tensor | None = None
-        bar = tqdm(total=x.shape[0], desc=desc, unit="img", leave=False, mininterval=1.0,
+        extra: dict[str, Tensor] = {}
+        batch_size = task.eval_batch_size(batch_size)
+        unit = "img" if task.label_dims == 0 else "example"
+        bar = tqdm(total=x.shape[0], desc=desc, unit=unit, leave=False, mininterval=1.0,
                    disable=None if progress else True)  # fmt: skip
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = method.predict_steps(xb, deterministic=deterministic)  # (S, B, m)
+            logits = method.predict_steps(xb, deterministic=deterministic)  # (S, B, [L,] m)
             hits = task.score(logits, yb)
             score = hits if score is None else score + hits
+            for k, v in task.extra_scores(logits, yb).items():
+                extra[k] = extra[k] + v if k in extra else v
             bar.set_postfix(readouts=logits.shape[0], refresh=False)
             bar.update(xb.shape[0])
         bar.close()
     method.train(was_training)
     assert score is not None
-    per_step = (score.double() / x.shape[0]).tolist()
-    return {"accuracy": per_step[-1], "accuracy_per_step": per_step}
+    labels = y.numel()  # one label per image, or per position of a text window
+    per_step = (score.double() / labels).tolist()
+    out: dict[str, Any] = {"accuracy": per_step[-1], "accuracy_per_step": per_step}
+    for k, v in extra.items():
+        steps = (v.double() / labels).tolist()
+        out[k], out[f"{k}_per_step"] = steps[-1], steps
+    return out
