@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import plots
-from .bench import efficiency, parallel, reproduce
+from .bench import efficiency, lm_compare, parallel, reproduce
 from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_arguments(
         bench_sub.add_parser("parallel", help="DT throughput: sequential, blocks, fused")
     )
+    lm = sub.add_parser("lm", help="language-model experiments (compare)")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+    lm_compare.add_arguments(lm_sub.add_parser("compare", help=lm_compare.HELP_TEXT))
     plots.add_arguments(sub.add_parser("plot", help=plots.HELP_TEXT))
     sub.add_parser("presets", help="list the paper's hyper-parameter presets (--preset NAME)")
     pr = sub.add_parser("predict", help="classify images with a trained (or exported) model")
@@ -276,6 +279,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "lm": lambda ns: lm_compare.main_lm(ns),
     "plot": cmd_plot,
     "presets": cmd_presets,
     "predict": cmd_predict,

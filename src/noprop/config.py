@@ -27,9 +27,6 @@ from .models.config import ModelConfig
 from .options import flag
 from .training.config import TrainConfig
 
-#: ``--embed-dim`` when not given: the paper's 20 for images ([I] spec), 64 for bytes (issue 11)
-IMAGE_EMBED_DIM, TEXT_EMBED_DIM = 20, 64
-
 #: the method section of a noprop 0.1 ``config.json``: every method's options in one flat section
 LEGACY_METHOD_KEYS = frozenset(
     {"T", "eta", "cosine_s", "alpha_bar_min", "alpha_bar_max", "inference_steps", "solver"}
@@ -139,9 +136,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         text = self.data.dataset in TEXT_DATASETS
-        if self.model.embed_dim is None:  # the task's default, stored explicitly in config.json
-            dim = TEXT_EMBED_DIM if text else IMAGE_EMBED_DIM
-            object.__setattr__(self, "model", dataclasses.replace(self.model, embed_dim=dim))
         parallel, cls, name = self.train.parallel, self.method.cls, self.method.method
         task = "language" if text else "classification"
         if task not in cls.tasks:

@@ -35,6 +35,7 @@ from .config import RunConfig
 from .data import SPECS
 from .device import check_device
 from .errors import ConfigError, NoPropError
+from .models.config import IMAGE_EMBED_DIM
 from .models.embeddings import prototype_init
 from .rundir import CONFIG, EpochRecord, RunDir, Summary
 from .runs import load_run
@@ -66,7 +67,7 @@ class RunInfo:
 
     @property
     def label(self) -> str:
-        embed_dim = self.config.model.embed_dim
+        embed_dim = self.config.model.embed_dim or IMAGE_EMBED_DIM
         return f"{self.name} — {row_label(self.method, self.embedding, embed_dim)}"
 
 
@@ -126,6 +127,11 @@ def _figure(**kwargs: Any) -> Any:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def require_matplotlib() -> None:
+    """A one-line NoPropError, before any work starts, when matplotlib is missing."""
+    _figure()
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -455,3 +461,33 @@ def cmd_plot(ns: argparse.Namespace) -> int:
     for path in plot_runs(ns.run_dirs, ns.out, device=ns.device):
         print(path)
     return 0
+
+
+def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
+    """``noprop lm compare``: bits per byte, accuracy and cosine to the true next byte's output vector
+    vs depth — the back-prop transformer's logit lens per layer next to NoProp's read-out per block."""
+    fig = _figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
+    series = [
+        ("backprop", "back-prop: logit lens of h_l", "tab:blue", "o"),
+        ("noprop", "NoProp-LM: head on z_t (deterministic chain)", "tab:red", "s"),
+    ]
+    panels = [
+        ("bits_per_byte", "test bits per byte"),
+        ("accuracy", "top-1 accuracy"),
+        ("cosine", "cosine to the true byte's vector"),
+    ]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for name, label, color, marker in series:
+            rows = report["trajectory"][name]
+            ax.plot([r["depth"] for r in rows], [r[key] for r in rows], marker=marker,
+                    color=color, label=label)  # fmt: skip
+        if key == "bits_per_byte":
+            ax.axhline(report["unigram_bits_per_byte"], color="grey", ls="--", label="unigram")
+            ax.set_ylim(0, 8.5)
+        ax.set_xlabel("depth (layer l / block t; 0 = input state)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Paths through output space on {report['dataset']} (test split)")
+    return _save(fig, path)

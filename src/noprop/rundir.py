@@ -104,7 +104,11 @@ class Summary:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Summary:
         names = {f.name for f in dataclasses.fields(cls)}
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        optional = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
         missing = names - optional - set(d)
         if missing:
             raise NoPropError(f"summary.json lacks {sorted(missing)}")

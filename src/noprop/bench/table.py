@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..models.config import IMAGE_EMBED_DIM
 from ..rundir import RunDir
 from .grid import GRID_FIELDS, Cell, cell_dir, is_failed
 from .paper import method_label, paper_column, paper_numbers, paper_titles, row_label
@@ -91,7 +92,7 @@ def collect_table(
                 passes.append(s.data_passes)
                 secs.append(s.train_seconds)
                 epochs.append(s.epochs)
-            embed_dim = cells[0][1].model.embed_dim
+            embed_dim = cells[0][1].model.embed_dim or IMAGE_EMBED_DIM
             rows.append(
                 {
                     "method": m,

@@ -80,7 +80,7 @@ class BuildContext:
         emb = build_embedding(
             m.embedding,
             self.task.num_classes,
-            embed_dim=m.embed_dim if m.embed_dim is not None else 20,
+            embed_dim=m.embed_dim if m.embed_dim is not None else self.task.default_embed_dim,
             train_x=self.train_x,
             train_y=self.train_y,
             seed=self.seed,

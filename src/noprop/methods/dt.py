@@ -153,6 +153,12 @@ class NoPropDT(Method):
         ``deterministic=True`` ([I]): z_0 = 0 (the mode of p(z_0)) and ε_t = 0, i.e. the posterior mean
         path; repeated runs give identical predictions.
         """
+        W = self.embedding.weight
+        return torch.stack([self.head(z, W) for z in self.chain(x, deterministic=deterministic)])
+
+    @torch.no_grad()
+    def chain(self, x: Tensor, *, deterministic: bool = False) -> list[Tensor]:
+        """z_0, ..., z_T of one inference chain (Eq. 3), each of shape :meth:`z_shape`."""
         s, W = self.schedule, self.embedding.weight
         shape = self.z_shape(x)  # (B, d), or (B, L, d) with a label per position
         z = (  # W's dtype: x may hold byte ids
@@ -160,10 +166,10 @@ class NoPropDT(Method):
             if deterministic
             else torch.randn(shape, device=W.device, dtype=W.dtype)
         )
-        readouts = [self.head(z, W)]
+        zs = [z]
         for t in range(1, self.T + 1):
             z = s.a[t] * self.u_hat(t, x, z) + s.b[t] * z  # Eq. 3, mean
             if not deterministic:
                 z = z + s.c[t].sqrt() * torch.randn_like(z)  # Eq. 3, noise
-            readouts.append(self.head(z, W))
-        return torch.stack(readouts)
+            zs.append(z)
+        return zs

@@ -7,6 +7,10 @@ from typing import Literal
 
 from ..options import at_least, check_choices, positive
 
+#: ``--embed-dim`` when not given (``Task.default_embed_dim``): 20 for images (the paper's
+#: CIFAR-100 dimension, spec Table 1), 64 for the 256 byte values (issue 11)
+IMAGE_EMBED_DIM, TEXT_EMBED_DIM = 20, 64
+
 EmbeddingKind = Literal["one-hot", "learned", "prototype"]
 BlockKind = Literal["auto", "conv", "mlp", "transformer"]
 HeadKind = Literal["softmax", "posterior"]

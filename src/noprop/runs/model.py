@@ -33,6 +33,7 @@ from ..atomic import atomic_write_json
 from ..build import build_method
 from ..config import RunConfig
 from ..data.datasets import SPECS, normalise
+from ..data.text import TEXT_DATASETS
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
 from ..methods import Method
@@ -159,6 +160,11 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
     """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``)."""
     path = Path(path)
     dev = pick_device(device)
+    if RunDir(path).is_run() and RunDir(path).config().data.dataset in TEXT_DATASETS:
+        raise ConfigError(
+            f"{path} is a text run: predict, export and eval --chains read image classifiers; "
+            "evaluate it with noprop eval RUN (bits per byte) or noprop lm compare"
+        )
     if (path / WEIGHTS).is_file():
         cfg = RunDir(path).config()
         task = task_for(cfg.data)

@@ -11,7 +11,7 @@ from ..data.datasets import SPECS
 from ..data.text import TEXT_DATASETS
 from .base import BlockFamily, Task
 from .classification import ClassificationTask
-from .language import LanguageTask, bits, mixture_bits
+from .language import LanguageTask, bits, mixture_bits, unigram_bits
 
 #: task name → class: the image data sets of :data:`noprop.data.DATASETS` pose classification
 #: (``SPECS[d].task``), the text corpora of :data:`noprop.data.text.TEXT_DATASETS` next-byte prediction
@@ -35,4 +35,5 @@ __all__ = [
     "bits",
     "mixture_bits",
     "task_for",
+    "unigram_bits",
 ]

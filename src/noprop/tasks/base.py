@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import DataConfig, DataSplits
-from ..models.config import ModelConfig
+from ..models.config import IMAGE_EMBED_DIM, ModelConfig
 
 #: the two block families: a DT/back-prop block û_θt(z, x), or a CT/FM block û_θ(z, x, t)
 BlockFamily = Literal["discrete", "continuous"]
@@ -31,6 +31,8 @@ class Task(ABC):
     #: label dimensions per example: 0 for one class per input (y (B,)), 1 for one label per
     #: position (y (B, L), next-token prediction); z then has shape (*y.shape, d)
     label_dims: ClassVar[int] = 0
+    #: the learned W_Embed's dimension when ``--embed-dim`` is not given
+    default_embed_dim: ClassVar[int] = IMAGE_EMBED_DIM
 
     @property
     @abstractmethod

@@ -5,7 +5,8 @@ non-overlapping windows of ``--context`` bytes, x = bytes [iL, iL + L) and y = b
 (teacher forcing: every position of a window is a target); a trailing remainder shorter than a window
 is dropped. [I] Non-overlapping windows make one epoch one pass over every byte as a target, and the
 trainer's shuffled mini-batches of windows are then exactly its image mini-batches. The windows are
-built by one indexing operation (``unfold``), no per-sample Python.
+built by one indexing operation (``unfold``), no per-sample Python. ``--max-train-samples K`` keeps a
+seeded random subset of K training windows (in corpus order).
 
 A block reads x (B, L) and z (B, L, d) and returns (B, L, 256) logits; labels are (B, L), so a method
 sees one label per position (``label_dims = 1``). Metrics: top-1 accuracy (the trainer's
@@ -23,18 +24,20 @@ from torch import Tensor, nn
 from ..data import DataConfig, DataSplits
 from ..data.text import TextCorpus, load_text
 from ..errors import ConfigError
-from ..models.config import ModelConfig
+from ..models.config import TEXT_EMBED_DIM, ModelConfig
 from ..models.transformer import VOCAB, LanguageBlock
 from .base import BlockFamily, Task
+
+__all__ = ["LanguageTask", "bits", "mixture_bits", "unigram_bits", "windows"]
 
 LN2 = math.log(2.0)
 
 
 def windows(data: Tensor, context: int) -> tuple[Tensor, Tensor]:
     """(x, y) of shapes (N, L): non-overlapping windows and the same windows shifted by one byte."""
-    n = (data.numel() - 1) // context
+    n = max(0, (data.numel() - 1) // context)
     x = data[: n * context].view(n, context)
-    y = data[1 : n * context + 1].unfold(0, context, context).long()
+    y = data[1 : n * context + 1].view(n, context).long()
     return x, y
 
 
@@ -54,11 +57,20 @@ def mixture_bits(logits: Tensor, y: Tensor) -> Tensor:
     return -(torch.logsumexp(logp_y, 0) - math.log(logits.shape[0])) / LN2
 
 
+def unigram_bits(train: Tensor, test: Tensor) -> float:
+    """Bits per byte of the unigram baseline: p(b) from the training bytes' counts, add-one smoothed
+    (every byte value keeps a non-zero probability), scored on ``test`` (both uint8, 1-D)."""
+    counts = torch.bincount(train.long(), minlength=VOCAB).double() + 1.0
+    logp = counts.log() - counts.sum().log()
+    return float(-logp[test.long()].mean() / LN2)
+
+
 class LanguageTask(Task):
     """Next-byte prediction on a text corpus of :data:`noprop.data.text.TEXT_DATASETS`."""
 
     name: ClassVar[str] = "language"
     label_dims: ClassVar[int] = 1
+    default_embed_dim: ClassVar[int] = TEXT_EMBED_DIM
 
     def __init__(self, dataset: str, context: int = 128) -> None:
         self.dataset = dataset
@@ -81,8 +93,12 @@ class LanguageTask(Task):
         corpus = load_text(data.dataset, data.data_dir, download=data.download)
         self.corpus = corpus
         train = windows(corpus.train, self.context)
-        if data.max_train_samples is not None:
-            train = (train[0][: data.max_train_samples], train[1][: data.max_train_samples])
+        if data.max_train_samples is not None and data.max_train_samples < train[0].shape[0]:
+            # a seeded random subset of the windows (kept in corpus order), as images subsample
+            gen = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(train[0].shape[0], generator=gen)[: data.max_train_samples]
+            keep = keep.sort().values
+            train = (train[0][keep], train[1][keep])
         val, test = windows(corpus.val, self.context), windows(corpus.test, self.context)
         for split, (x, _) in (("train", train), ("validation", val), ("test", test)):
             if x.shape[0] == 0:

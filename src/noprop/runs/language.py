@@ -1,0 +1,185 @@
+"""Reading a trained byte-level language model: test scores, its path through output space, samples.
+
+Works on the two text methods: the back-prop transformer (:class:`~noprop.methods.transformer.
+TransformerBackprop`) and NoProp-DT on text (:class:`~noprop.methods.dt.NoPropDT` with a label per
+position).
+
+* :func:`test_scores` — bits per byte and top-1 accuracy: back-prop from its softmax; NoProp from the
+  head on z_T of the deterministic chain, of one stochastic chain (the paper's inference) and of the
+  *mixture* of S stochastic chains (p̂ = (1/S) Σ_s p̂_s, averaged in log space,
+  :func:`noprop.tasks.language.mixture_bits`).
+* :func:`trajectory` — one row per depth: back-prop's logit lens after the embedding and every layer
+  l = 0..L; NoProp's head read-out of z_t after every block t = 0..T (deterministic chain). Each row
+  has bits per byte, accuracy, and the cosine between the state (h_l, or z_t) and the output-space
+  vector of the true next byte (the tied unembedding row W_U[y], or W_Embed[y]). [I] h_l is the raw
+  residual stream (before the final LayerNorm the lens applies); z_0 = 0 of the deterministic chain
+  has no direction, its cosine is reported as 0.
+* :func:`generate` — bytes sampled one at a time from the model's next-byte distribution (NoProp: the
+  head on z_T of the deterministic chain), the context being the last ``context`` bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..methods import Method, NoPropDT
+from ..methods.transformer import TransformerBackprop
+from ..tasks.language import bits, mixture_bits
+
+
+def _check(method: Method) -> None:
+    if not isinstance(method, TransformerBackprop | NoPropDT) or method.label_dims != 1:
+        raise ConfigError(
+            "this analysis reads text models: --method backprop or dt on a text data set"
+        )
+
+
+@dataclass
+class _Sums:
+    """Running sums over positions of one read-out row."""
+
+    bits: float = 0.0
+    hits: float = 0.0
+    cos: float = 0.0
+
+    def add(
+        self, logits: Tensor, y: Tensor, state: Tensor | None = None, target: Tensor | None = None
+    ) -> None:
+        self.bits += float(bits(logits, y).double().sum())
+        self.hits += float((logits.argmax(-1) == y).sum())
+        if state is not None and target is not None:
+            self.cos += float(
+                F.cosine_similarity(state.float(), target.float(), dim=-1).double().sum()
+            )
+
+    def row(self, n: int) -> dict[str, float]:
+        return {"bits_per_byte": self.bits / n, "accuracy": self.hits / n, "cosine": self.cos / n}
+
+
+def _batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
+    bar = tqdm(total=x.shape[0], desc=desc, unit="window", leave=False, mininterval=1.0,
+               disable=None if progress else True)  # fmt: skip
+    for start in range(0, x.shape[0], batch):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+        yield xb, yb
+        bar.update(xb.shape[0])
+    bar.close()
+
+
+@torch.no_grad()
+def test_scores(
+    method: Method,
+    x: Tensor,
+    y: Tensor,
+    *,
+    chains: int = 4,
+    batch: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Bits per byte and accuracy on windows (x, y) of shape (N, L) (module docstring)."""
+    _check(method)
+    if chains < 1:
+        raise ConfigError(f"--chains must be >= 1 (got {chains})")
+    method.eval()
+    n = y.numel()
+    gen = torch.random.fork_rng(devices=[])
+    with gen:
+        torch.manual_seed(seed)
+        if isinstance(method, TransformerBackprop):
+            s = _Sums()
+            for xb, yb in _batches(x, y, batch, "test (back-prop)", progress):
+                s.add(method.lm(xb), yb)
+            r = s.row(n)
+            return {"bits_per_byte": r["bits_per_byte"], "accuracy": r["accuracy"]}
+        assert isinstance(method, NoPropDT)
+        W = method.embedding.weight
+        det, one, mix_bits, mix_hits = _Sums(), _Sums(), 0.0, 0.0
+        for xb, yb in _batches(x, y, batch, f"test (NoProp, 1 + {chains} chains)", progress):
+            det.add(method.head(method.chain(xb, deterministic=True)[-1], W), yb)
+            B = xb.shape[0]
+            xs = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain s holds rows s·B .. s·B + B − 1
+            logits = method.head(method.chain(xs, deterministic=False)[-1], W)
+            logits = logits.view(chains, B, *logits.shape[1:])
+            one.add(logits[0], yb)
+            mix_bits += float(mixture_bits(logits, yb).double().sum())
+            probs = torch.softmax(logits.float(), -1).mean(0)
+            mix_hits += float((probs.argmax(-1) == yb).sum())
+    return {
+        "bits_per_byte": mix_bits / n,
+        "accuracy": mix_hits / n,
+        "chains": chains,
+        "deterministic": {k: v for k, v in det.row(n).items() if k != "cosine"},
+        "one_chain": {k: v for k, v in one.row(n).items() if k != "cosine"},
+    }
+
+
+@torch.no_grad()
+def trajectory(
+    method: Method, x: Tensor, y: Tensor, *, batch: int = 16, progress: bool = False
+) -> list[dict[str, float]]:
+    """One row per depth (0 = the input state): bits per byte, accuracy, cosine (module docstring)."""
+    _check(method)
+    method.eval()
+    n = y.numel()
+    rows: list[_Sums] = []
+    for xb, yb in _batches(x, y, batch, "trajectory", progress):
+        if isinstance(method, TransformerBackprop):
+            target = method.lm.unembedding[yb]
+            states = method.lm.residual_stream(xb)
+            readouts = [method.lm.lens(h) for h in states]
+        else:
+            assert isinstance(method, NoPropDT)
+            W = method.embedding.weight
+            target = W[yb]
+            states = method.chain(xb, deterministic=True)
+            readouts = [method.head(z, W) for z in states]
+        if not rows:
+            rows = [_Sums() for _ in states]
+        for s, h, logits in zip(rows, states, readouts, strict=True):
+            s.add(logits, yb, h, target)
+    return [{"depth": i, **s.row(n)} for i, s in enumerate(rows)]
+
+
+@torch.no_grad()
+def next_byte_logits(method: Method, context: Tensor) -> Tensor:
+    """Logits (256,) of the byte after ``context`` (1-D byte ids, at most the model's context)."""
+    _check(method)
+    x = context.view(1, -1)
+    if isinstance(method, TransformerBackprop):
+        return method.lm(x)[0, -1]
+    assert isinstance(method, NoPropDT)
+    return method.head(method.chain(x, deterministic=True)[-1], method.embedding.weight)[0, -1]
+
+
+@torch.no_grad()
+def generate(
+    method: Method,
+    prompt: bytes,
+    n: int = 200,
+    *,
+    context: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> bytes:
+    """``n`` bytes sampled one at a time after ``prompt`` (temperature 1: the model's distribution)."""
+    if not prompt:
+        raise ConfigError("generation needs a non-empty prompt")
+    method.eval()
+    device = next(method.parameters()).device
+    tokens = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = bytearray()
+    for _ in range(n):
+        logits = next_byte_logits(method, tokens[-context:]).float() / temperature
+        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        tokens = torch.cat([tokens, nxt])
+        out.append(int(nxt))
+    return bytes(out)
