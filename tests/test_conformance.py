@@ -4,7 +4,8 @@
 tests/test_toy_method.py over a method defined in one file of the tests; a new method needs nothing
 here beyond (optionally) small options in :data:`FAST_OPTIONS`.
 
-What every method must do, on an image task (1×8×8) and a vector task (12 features):
+What every method must do, on an image task (1×8×8), a vector task (12 features) and, for the methods
+that support it (``Method.tasks``), next-byte prediction on random 8-byte windows:
 the loss is finite; predictions have shape (S, B, m); deterministic inference repeats exactly, and
 stochastic inference repeats under a fixed seed; a checkpoint round trip (weights-only save/load of the
 trainer state into a freshly built method) gives identical predictions; unit, shared and inert
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from noprop import METHODS, Trainer, build_method, make_config
-from noprop.tasks import ClassificationTask
+from noprop.tasks import ClassificationTask, LanguageTask
 from noprop.training.checkpoint import load_checkpoint, save_checkpoint
 
 #: options that keep each registered method's test small (a method not listed runs its defaults)
@@ -30,19 +31,30 @@ FAST_OPTIONS = {
     "fm": {"inference_steps": 4, "t_samples": 2},
     "adjoint": {"inference_steps": 4, "adjoint_steps": 2},
 }
-CONFORMANCE_TASKS = {"image": (1, 8, 8), "vector": (12,)}
+CONFORMANCE_TASKS = {"image": (1, 8, 8), "vector": (12,), "text": (8,)}
+#: the task (a key of noprop.tasks.TASKS) each conformance case poses; a method runs the cases of
+#: the tasks in its ``tasks``
+TASK_KIND = {"image": "classification", "vector": "classification", "text": "language"}
 CLASSES, N = 4, 24
+TEXT_MODEL = {"dataset": "stdlib", "context": 8, "width": 8, "heads": 2}
 
 
 def make(case, embedding: str = "learned", seed: int = 0):
     """(method, cfg, task, x, y) for a conformance case."""
     name, task_name = case
     shape = CONFORMANCE_TASKS[task_name]
-    task = ClassificationTask.from_shape(shape, CLASSES)
     g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(N, *shape, generator=g), torch.arange(N) % CLASSES
+    extra: dict = {}
+    if task_name == "text":  # random byte windows: x (N, L) uint8, next-byte labels (N, L)
+        task = LanguageTask("stdlib", shape[0])
+        x = torch.randint(0, 256, (N, *shape), generator=g, dtype=torch.uint8)
+        y = torch.randint(0, 256, (N, *shape), generator=g)
+        extra = TEXT_MODEL
+    else:
+        task = ClassificationTask.from_shape(shape, CLASSES)
+        x, y = torch.randn(N, *shape, generator=g), torch.arange(N) % CLASSES
     cfg = make_config(method=name, embedding=embedding, embed_dim=5, seed=seed,
-                      **FAST_OPTIONS.get(name, {}))  # fmt: skip
+                      **FAST_OPTIONS.get(name, {}), **extra)  # fmt: skip
     return build_method(cfg, task, None, x, y), cfg, task, x, y
 
 
@@ -71,7 +83,8 @@ class Conformance:
     def test_prediction_shape(self, case):
         method, _, task, x, _ = make(case)
         logits = predictions(method, x, deterministic=False)
-        assert logits.dim() == 3 and logits.shape[1:] == (N, task.num_classes)
+        y_shape = x.shape[: 1 + task.label_dims]  # one label per example, or per position (text)
+        assert logits.shape[1:] == (*y_shape, task.num_classes)
         assert torch.isfinite(logits).all()
 
     def test_inference_repeats_exactly(self, case):

@@ -6,15 +6,12 @@ served by a local HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import socket
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,9 @@ from noprop.data.formats import read_cifar_binary, read_idx
 from noprop.errors import DataError
 
 IDX_NAMES = ds.IDX_FILES
+
+#: keep every test away from the user's cache, mirrors and proxies (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isolated_download_env")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -108,41 +108,6 @@ def one_line_error(excinfo: pytest.ExceptionInfo[DataError]) -> str:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep tests away from the user's cache, mirrors and proxies."""
-    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "default-cache"))
-    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """Serve a fresh directory over HTTP on 127.0.0.1; yield ``(directory, base_url)``."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def closed_port_url() -> str:

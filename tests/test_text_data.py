@@ -6,20 +6,15 @@ and patched checksums; the real file under ../shared is only used when present.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import sysconfig
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from noprop.data import datasets as ds
 from noprop.data import download as dl
 from noprop.data import text
 from noprop.data.text import (
@@ -37,40 +32,8 @@ from noprop.errors import DataError
 SHARED_TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
 SPLITS = ("train", "val", "test")
 
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep tests away from the user's cache, mirrors and proxies."""
-    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "default-cache"))
-    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """Serve a fresh directory over HTTP on 127.0.0.1; yield ``(directory, base_url)``."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+#: keep every test away from the user's cache, mirrors and proxies (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isolated_download_env")
 
 
 def one_line(excinfo: pytest.ExceptionInfo[DataError]) -> str:

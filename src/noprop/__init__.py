@@ -1,5 +1,11 @@
 """noprop: train neural networks the NoProp way (Li, Teh, Pascanu, arXiv 2503.24322)."""
 
+# ruff: noqa: E402 — the OpenMP wait policy must be chosen before the imports below load torch
+
+from .runtime import apply_omp_defaults
+
+apply_omp_defaults()  # from the machine's load at start-up; the user's environment wins (runtime.py)
+
 from .build import build_method
 from .config import MethodConfig, RunConfig, make_config
 from .data import load_dataset

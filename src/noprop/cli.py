@@ -168,10 +168,17 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     print(
         f"test accuracy ({mode}, {r['runs']} runs): {r['test_accuracy']:.4f} ± {r['test_accuracy_stderr']:.4f}"
     )
-    print("accuracy of the read-out after each step t:")
+    extra = sorted(k.removeprefix("test_") for k in r if k.startswith("test_") and k not in
+                   ("test_accuracy", "test_accuracy_stderr"))  # fmt: skip
+    for k in extra:  # text runs: bits per byte
+        print(f"test {k.replace('_', ' ')} ({mode}): {r[f'test_{k}']:.4f}")
+    print(
+        "read-out after each step t: accuracy" + "".join(f", {k.replace('_', ' ')}" for k in extra)
+    )
     for t, acc in enumerate(r["accuracy_per_step"]):
-        print(f"  t={t:<4d} {acc:.4f}")
-    print(json.dumps({k: r[k] for k in ("test_accuracy", "test_accuracy_stderr", "runs")}))
+        print(f"  t={t:<4d} {acc:.4f}" + "".join(f"  {r[f'{k}_per_step'][t]:.4f}" for k in extra))
+    keys = ("test_accuracy", "test_accuracy_stderr", "runs", *(f"test_{k}" for k in extra))
+    print(json.dumps({k: r[k] for k in keys}))
     return 0
 
 

@@ -475,13 +475,15 @@ def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
     panels = [
         ("bits_per_byte", "test bits per byte"),
         ("accuracy", "top-1 accuracy"),
-        ("cosine", "cosine to the true byte's vector"),
+        ("cosine_centered", "cosine to the true byte's vector\n(centered; raw dashed)"),
     ]
     for ax, (key, title) in zip(axes, panels, strict=True):
         for name, label, color, marker in series:
             rows = report["trajectory"][name]
-            ax.plot([r["depth"] for r in rows], [r[key] for r in rows], marker=marker,
-                    color=color, label=label)  # fmt: skip
+            depth = [r["depth"] for r in rows]
+            ax.plot(depth, [r[key] for r in rows], marker=marker, color=color, label=label)
+            if key == "cosine_centered":
+                ax.plot(depth, [r["cosine"] for r in rows], ls="--", color=color, alpha=0.6)
         if key == "bits_per_byte":
             ax.axhline(report["unigram_bits_per_byte"], color="grey", ls="--", label="unigram")
             ax.set_ylim(0, 8.5)

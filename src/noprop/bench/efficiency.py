@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import runtime
 from ..build import build_method
 from ..config import make_config, method_fields
 from ..device import pick_device
@@ -228,6 +229,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "params_per_block": method.params_per_block(),
         "T": getattr(method, "T", None),
         "num_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_startup": dict(runtime.STARTUP),
         "image_cache": image_cache,
     }
 
@@ -249,7 +252,9 @@ def run_worker(method: str, args: argparse.Namespace, overrides: dict[str, Any])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-LOADED_KEYS = ("train_samples_per_s", "block_steps_per_s", "epoch_seconds")
+LOADED_KEYS = (
+    "train_samples_per_s", "block_steps_per_s", "epoch_seconds", "omp_wait_policy", "omp_startup",
+)  # fmt: skip
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -397,8 +402,8 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"{m} with {result['background_load']} busy process(es): "
                 f"{r['loaded']['train_samples_per_s']:.1f} samples/s vs {r['train_samples_per_s']:.1f} "
-                f"quiet → loaded/quiet {r['loaded_over_quiet']:.2f} "
-                f"(OMP_WAIT_POLICY={result['machine']['omp_wait_policy']})"
+                f"quiet → loaded/quiet {r['loaded_over_quiet']:.2f} (OMP_WAIT_POLICY quiet: "
+                f"{r.get('omp_wait_policy')}, loaded: {r['loaded'].get('omp_wait_policy')})"
             )
     for row in result.get("memory_vs_T", []):
         lines.append(

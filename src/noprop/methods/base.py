@@ -16,6 +16,8 @@ Legend: x input (B, ...), y labels (B,), z noised label embedding (B, d), W = W_
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,10 +46,15 @@ class ContinuousTimeOptions(MethodOptions):
 
     inference_steps: int = 1000
     """ct/fm/adjoint: ODE/SDE steps at inference (the paper: 1000)"""
+    val_inference_steps: int | None = None
+    """ct/fm/adjoint: steps of the per-epoch validation only (default: --inference-steps); fewer
+    make each epoch's model selection cheaper, the final test keeps --inference-steps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least("inference_steps", self.inference_steps)
+        if self.val_inference_steps is not None:
+            at_least("val_inference_steps", self.val_inference_steps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +180,11 @@ class Method(nn.Module):
     def predict(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
         return self.predict_steps(x, deterministic=deterministic)[-1]
 
+    @contextlib.contextmanager
+    def validating(self) -> Iterator[None]:
+        """Inference settings of the per-epoch validation (default: the same as the test's)."""
+        yield
+
     def z_shape(self, x: Tensor) -> tuple[int, ...]:
         """Shape of z for inputs ``x``: (B, d) for classification, (B, L, d) for next-token tasks."""
         return (*x.shape[: 1 + self.label_dims], self.embedding.dim)
@@ -201,11 +213,24 @@ class ContinuousTimeMethod(Method):
         super().__init__(embedding, head)
         self.block = block  # the one network for every t: the single training unit
         self.inference_steps = inference_steps
+        self.val_inference_steps: int | None = None  # set from the options by build_method
         self.solver = solver
         self.t_samples = t_samples
 
     def unit_modules(self, unit: int) -> list[nn.Module]:
         return [self.block]
+
+    @contextlib.contextmanager
+    def validating(self) -> Iterator[None]:
+        """``--val-inference-steps`` (when given) replaces ``--inference-steps`` for validation."""
+        if self.val_inference_steps is None:
+            yield
+            return
+        test_steps, self.inference_steps = self.inference_steps, self.val_inference_steps
+        try:
+            yield
+        finally:
+            self.inference_steps = test_steps
 
     def inference_options(self, steps: int | None, solver: str | None) -> tuple[int, str]:
         """(steps, solver) with None replaced by the defaults; ConfigError for bad values."""

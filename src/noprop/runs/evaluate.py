@@ -81,7 +81,7 @@ def evaluate_run(
         sum(r["accuracy_per_step"][i] for r in results) / runs
         for i in range(len(results[0]["accuracy_per_step"]))
     ]
-    return {
+    out: dict[str, Any] = {
         "test_accuracy": mean,
         "test_accuracy_stderr": math.sqrt(var / runs),
         "runs": runs,
@@ -89,6 +89,14 @@ def evaluate_run(
         "accuracy_per_step": steps,
         "accuracies": accs,
     }
+    for k in results[0].keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte (text)
+        if not k.endswith("_per_step"):
+            out[f"test_{k}"] = sum(r[k] for r in results) / runs
+            out[f"{k}_per_step"] = [
+                sum(r[f"{k}_per_step"][i] for r in results) / runs
+                for i in range(len(results[0][f"{k}_per_step"]))
+            ]
+    return out
 
 
 def evaluate_chains(

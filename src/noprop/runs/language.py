@@ -11,9 +11,11 @@ position).
 * :func:`trajectory` — one row per depth: back-prop's logit lens after the embedding and every layer
   l = 0..L; NoProp's head read-out of z_t after every block t = 0..T (deterministic chain). Each row
   has bits per byte, accuracy, and the cosine between the state (h_l, or z_t) and the output-space
-  vector of the true next byte (the tied unembedding row W_U[y], or W_Embed[y]). [I] h_l is the raw
-  residual stream (before the final LayerNorm the lens applies); z_0 = 0 of the deterministic chain
-  has no direction, its cosine is reported as 0.
+  vector of the true next byte (the tied unembedding row W_U[y], or W_Embed[y]), raw and *centered*
+  (state and target minus the mean of the 256 output vectors: output vectors can share a common
+  direction — :func:`mean_pairwise_cosine` — which makes the raw cosine of any state high). [I] h_l
+  is the raw residual stream (before the final LayerNorm the lens applies); z_0 = 0 of the
+  deterministic chain has no direction, its cosine is reported as 0.
 * :func:`generate` — bytes sampled one at a time from the model's next-byte distribution (NoProp: the
   head on z_T of the deterministic chain), the context being the last ``context`` bytes.
 """
@@ -48,19 +50,44 @@ class _Sums:
     bits: float = 0.0
     hits: float = 0.0
     cos: float = 0.0
+    cos_centered: float = 0.0
 
     def add(
-        self, logits: Tensor, y: Tensor, state: Tensor | None = None, target: Tensor | None = None
+        self,
+        logits: Tensor,
+        y: Tensor,
+        state: Tensor | None = None,
+        vectors: Tensor | None = None,
     ) -> None:
+        """Sums for one batch; ``vectors`` (256, d) are the output-space vectors (W_U or W_Embed)."""
         self.bits += float(bits(logits, y).double().sum())
         self.hits += float((logits.argmax(-1) == y).sum())
-        if state is not None and target is not None:
-            self.cos += float(
-                F.cosine_similarity(state.float(), target.float(), dim=-1).double().sum()
-            )
+        if state is not None and vectors is not None:
+            state, vectors = state.float(), vectors.float()
+            self.cos += _cos_sum(state, vectors[y])
+            mean = vectors.mean(0)  # the direction every output vector shares
+            self.cos_centered += _cos_sum(state - mean, vectors[y] - mean)
 
     def row(self, n: int) -> dict[str, float]:
-        return {"bits_per_byte": self.bits / n, "accuracy": self.hits / n, "cosine": self.cos / n}
+        return {
+            "bits_per_byte": self.bits / n,
+            "accuracy": self.hits / n,
+            "cosine": self.cos / n,
+            "cosine_centered": self.cos_centered / n,
+        }
+
+
+def _cos_sum(a: Tensor, b: Tensor) -> float:
+    return float(F.cosine_similarity(a, b, dim=-1).double().sum())
+
+
+def mean_pairwise_cosine(vectors: Tensor) -> float:
+    """Mean cosine between distinct rows of (256, d) output vectors: near 1 means they share one
+    direction (then the raw cosine of any state with them says little; see ``cosine_centered``)."""
+    v = F.normalize(vectors.detach().float(), dim=-1)
+    g = v @ v.T
+    m = v.shape[0]
+    return float((g.sum() - g.diagonal().sum()) / (m * (m - 1)))
 
 
 def _batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
@@ -132,19 +159,18 @@ def trajectory(
     rows: list[_Sums] = []
     for xb, yb in _batches(x, y, batch, "trajectory", progress):
         if isinstance(method, TransformerBackprop):
-            target = method.lm.unembedding[yb]
+            vectors = method.lm.unembedding
             states = method.lm.residual_stream(xb)
             readouts = [method.lm.lens(h) for h in states]
         else:
             assert isinstance(method, NoPropDT)
-            W = method.embedding.weight
-            target = W[yb]
+            vectors = W = method.embedding.weight
             states = method.chain(xb, deterministic=True)
             readouts = [method.head(z, W) for z in states]
         if not rows:
             rows = [_Sums() for _ in states]
         for s, h, logits in zip(rows, states, readouts, strict=True):
-            s.add(logits, yb, h, target)
+            s.add(logits, yb, h, vectors)
     return [{"depth": i, **s.row(n)} for i, s in enumerate(rows)]
 
 

@@ -52,7 +52,7 @@ from .pause import PauseAtStep, pause, pause_point
 # Flags that may differ between the original run and ``--resume`` without changing the experiment.
 RESUMABLE_OVERRIDES = frozenset(
     {"epochs", "device", "patience", "eval_batch_size", "data_dir", "download", "channels_last"}
-    | {"inference_steps"}
+    | {"inference_steps", "val_inference_steps"}
     # how the run is parallelised: the checkpoint format is the same for every mode (a learned
     # W_Embed/head then follows a different, equally valid, update order after the switch)
     | {"parallel", "dist_timeout_s"}

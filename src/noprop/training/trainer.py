@@ -153,10 +153,11 @@ class Trainer:
     def local_evaluate(
         trainer: Trainer, x: Tensor, y: Tensor, *, deterministic: bool, seed: int
     ) -> dict[str, Any]:
-        return evaluate(
-            trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
-            task=trainer.task, progress=trainer.progress, desc="validation",
-        )  # fmt: skip
+        with trainer.method.validating():  # e.g. --val-inference-steps of CT/FM
+            return evaluate(
+                trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
+                task=trainer.task, progress=trainer.progress, desc="validation",
+            )  # fmt: skip
 
     def to_device(self, t: Tensor) -> Tensor:
         return self.task.to_device(t, self.device, fast_layout=self.cfg.channels_last)
