@@ -219,6 +219,26 @@ def test_block_parallel_equals_sequential_and_resumes(tmp_path, capsys):
     assert "test_accuracy" in capsys.readouterr().out
 
 
+def test_block_parallel_text_equals_sequential(tmp_path):
+    """NoProp-LM (issue 11) under --parallel blocks unchanged: 2 ranks, T = 3, the same block
+    weights as the sequential run."""
+    from tests.test_language import _write_corpus
+
+    corpus = _write_corpus(tmp_path / "corpus.txt", 8_000)
+    args = ["--dataset", "text", "--data-dir", str(corpus), "--method", "dt", "--T", "3",
+            "--context", "16", "--width", "16", "--heads", "2", "--batch-size", "16",
+            "--max-train-samples", "96", "--epochs", "1", "--no-progress"]  # fmt: skip
+    par, seq = tmp_path / "par", tmp_path / "seq"
+    _run_torchrun(*args, "--parallel", "blocks", "--out", str(par))
+    torch.set_num_threads(1)
+    assert main(["train", *args, "--threads", "1", "--out", str(seq)]) == 0
+    a, b = _model(seq)["model"], _model(par)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("blocks."):
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -161,6 +161,10 @@ class RunConfig:
                 "--offload-blocks is for one process (--parallel none); under --parallel "
                 f"{parallel} every rank already holds only its own blocks' work"
             )
+        if parallel == "fused" and self.train.lr_schedule != "constant":
+            raise ConfigError(
+                "--parallel fused keeps its own stacked optimiser; use --lr-schedule constant"
+            )
         if parallel == "fused" and self.train.order != "interleaved":
             raise ConfigError(
                 "--parallel fused trains every block on the same mini-batch, which is "

@@ -491,5 +491,5 @@ def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Paths through output space on {report['dataset']} (test split)")
+    fig.suptitle(f"Paths through output space on {report['dataset']} (test split)", y=1.05)
     return _save(fig, path)

@@ -87,9 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=128, help="bytes of context")
     p.add_argument("--batch-size", type=int, default=32, help="windows per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (both models)")
-    p.add_argument("--embedding", default="learned", choices=("one-hot", "learned"),
-                   help="NoProp's W_Embed (default learned, --embed-dim 64; one-hot makes every "
-                   "block's head and read-out 256×256, and FLOPs cannot then match within 10%%)")  # fmt: skip
+    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
+                   help="both models (default cosine: --lr down to 0.1·--lr over the run)")  # fmt: skip
+    p.add_argument("--embedding", default="one-hot", choices=("one-hot", "learned"),
+                   help="NoProp's W_Embed (default one-hot, 256-d; learned: --embed-dim, default 64)")  # fmt: skip
     p.add_argument("--embed-dim", type=int, default=None, help="dimension of a learned W_Embed")
     p.add_argument("--chains", type=int, default=4, help="stochastic chains in NoProp's mixture")
     p.add_argument("--sample-bytes", type=int, default=200, help="bytes generated per model")
@@ -110,7 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _configs(ns: argparse.Namespace, noprop_width: int) -> dict[str, RunConfig]:
     common = dict(
         dataset=ns.dataset, data_dir=ns.data_dir, context=ns.context, heads=ns.heads, T=ns.layers,
-        batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed, device=ns.device,
+        batch_size=ns.batch_size, lr=ns.lr, lr_schedule=ns.lr_schedule, seed=ns.seed,
+        device=ns.device,
     )  # fmt: skip
     return {
         "backprop": make_config(method="backprop", width=ns.width, **common),
@@ -207,7 +209,7 @@ def calibrate(method: Method, cfg: RunConfig, task: LanguageTask, x, y, device) 
 def _flags(cfg: RunConfig) -> list[str]:
     flat = cfg.flat()
     keys = ("dataset", "data_dir", "context", "method", "T", "width", "heads", "block_layers",
-            "embedding", "embed_dim", "epochs", "max_train_samples", "batch_size", "lr", "seed",
+            "embedding", "embed_dim", "epochs", "max_train_samples", "batch_size", "lr", "lr_schedule", "seed",
             "device")  # fmt: skip
     out: list[str] = []
     for k in keys:
@@ -280,11 +282,17 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         plan = _plan(ns, cfgs, task, data, device, match)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_path, plan)
-    training: dict[str, Any] = {}
+    log_path = out / "training.json"  # each training's cost, kept for reruns that reuse it
+    training: dict[str, Any] = _read_json(log_path) or {}
     for name in NAMES:
         cfg = cfgs[name].replace(**plan["runs"][name]["schedule"])
         print(f"[lm compare] training {name}: {plan['runs'][name]['schedule']}", file=sys.stderr)
-        training[name] = train_child(cfg, out / name, overwrite=ns.overwrite, progress=progress)
+        result = train_child(cfg, out / name, overwrite=ns.overwrite, progress=progress)
+        if result["reused"] and name in training:
+            training[name] = {**training[name], "reused": True}
+        else:
+            training[name] = result
+            atomic_write_json(log_path, training)
     report = _evaluate(ns, out, plan, training, device, progress)
     report["seconds_total_this_invocation"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "report.json", report)
@@ -578,9 +586,10 @@ def discussion(r: dict[str, Any]) -> list[str]:
         f"z_0..z_{T} of the deterministic chain; its best read-out is at block {best_t} "
         f"({np_bits[best_t]:.2f})"
         + (
-            f", and the last step *loses* {np_bits[T] - np_bits[best_t]:.2f} bits: block {T} "
-            "carries the largest weight of Eq. 8 (ΔSNR to SNR(T) = 999) and is trained on nearly "
-            "clean z_{T−1} ~ q(z_{T−1} | y), while the chain hands it a mixture of embeddings"
+            f", and the last step *loses* {np_bits[T] - np_bits[best_t]:.2f} bits. A likely reason "
+            f"(not tested here): block {T} is trained on nearly clean inputs z_{{T−1}} ~ q(z_{{T−1}} | y) "
+            f"(ᾱ = {np_[T - 1].get('alpha_bar', float('nan')):.3f}, which already reveal the label), "
+            "while the chain hands it a mixture of embeddings"
             if best_t < T
             else ""
         )

@@ -82,7 +82,7 @@ class Adjoint(ContinuousTimeMethod):
 
     def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """f_θ(z, x, t) = logits·W_Embed from cached image features h_x."""
-        return self.block.fuse(h_x, z, t) @ self.embedding.weight
+        return self.embedding.mix(self.block.fuse(h_x, z, t))
 
     def _ode_parameters(self) -> list[Tensor]:
         """What f_θ depends on besides the state: the block minus its image branch, and a learned W."""

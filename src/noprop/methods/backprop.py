@@ -68,10 +68,10 @@ class Backprop(Method):
         return sum(p.numel() for p in self.blocks[0].parameters())
 
     def _chain(self, x: Tensor, z: Tensor) -> list[Tensor]:
-        W, alpha = self.embedding.weight, torch.tanh(self.w)
+        alpha = torch.tanh(self.w)
         zs = [z]
         for t, block in enumerate(self.blocks):
-            u_hat = block(x, z).softmax(-1) @ W
+            u_hat = self.embedding.mix(block(x, z).softmax(-1))
             z = (1 - alpha[t]) * z + alpha[t] * u_hat
             zs.append(z)
         return zs

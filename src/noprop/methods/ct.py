@@ -143,7 +143,7 @@ class NoPropCT(ContinuousTimeMethod):
 
     def u_hat(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
         """û_θ(z_t, x, t) = softmax(logits)·W_Embed from cached image features h_x (spec §3.1)."""
-        return self.block.fuse(h_x, z_t, t).softmax(-1) @ self.embedding.weight
+        return self.embedding.mix(self.block.fuse(h_x, z_t, t).softmax(-1))
 
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 9 / Eq. 62 on one mini-batch (Algorithm 2)."""

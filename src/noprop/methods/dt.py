@@ -107,7 +107,7 @@ class NoPropDT(Method):
 
     def u_hat(self, t: int, x: Tensor, z_prev: Tensor) -> Tensor:
         """û_θt(z_{t-1}, x) = softmax(logits) · W_Embed (spec §3.1): a convex combination of embeddings."""
-        return self.blocks[t - 1](x, z_prev).softmax(-1) @ self.embedding.weight
+        return self.embedding.mix(self.blocks[t - 1](x, z_prev).softmax(-1))
 
     def loss(self, x: Tensor, y: Tensor, unit: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 8 / Eq. 61 for block t = unit + 1 on one mini-batch (Algorithm 1, inner loop)."""
@@ -135,7 +135,7 @@ class NoPropDT(Method):
         """
         s, W = self.schedule, self.embedding.weight
         # 3. denoising L2 term ‖û_θt(z_{t−1}, x) − u_y‖² (sums over d), weighted by (T/2) η ΔSNR
-        l2 = (logits.softmax(-1) @ W - u_y).pow(2).sum(-1).mean()
+        l2 = (self.embedding.mix(logits.softmax(-1)) - u_y).pow(2).sum(-1).mean()
         # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
         ab_T = s.alpha_bar[self.T]
         z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T

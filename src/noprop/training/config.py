@@ -10,6 +10,7 @@ from ..options import at_least, check_choices, non_negative, positive
 
 Optimizer = Literal["auto", "adamw", "adam"]
 Order = Literal["blocks", "interleaved"]
+LRSchedule = Literal["constant", "cosine"]
 # --parallel (parallel/): none, block-parallel DT under torchrun, the fused vmap step of DT (one
 # process), data parallelism under torchrun (every method)
 ParallelMode = Literal["none", "blocks", "fused", "data"]
@@ -23,6 +24,9 @@ class TrainConfig:
     """mini-batch size"""
     lr: float = 1e-3
     """learning rate"""
+    lr_schedule: LRSchedule = "constant"
+    """constant (the paper), or cosine: from --lr down to 0.1·--lr over the run (each block over its
+    own steps, the shared head and W_Embed over all steps)"""
     weight_decay: float = 1e-3
     """weight decay (decoupled for AdamW, L2 for Adam)"""
     optimizer: Optimizer = "auto"

@@ -13,6 +13,7 @@ step. Each step therefore updates θ_t, θ_out and W_Embed only — exactly Algo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,15 +36,47 @@ def make_optimizer(name: str, params: list[Tensor], lr: float, weight_decay: flo
     return cls(params, **kwargs)
 
 
+#: ``--lr-schedule cosine`` ends at this fraction of ``--lr``
+FINAL_LR_FRACTION = 0.1
+
+
+def cosine_factor(done: int, total: int | None) -> float:
+    """lr / --lr after ``done`` of ``total`` steps: 1 → FINAL_LR_FRACTION along half a cosine."""
+    if not total:
+        return 1.0
+    progress = min(done / total, 1.0)
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Optimizers:
-    """One optimiser per unit plus one for the shared parameters (None when there are none)."""
+    """One optimiser per unit plus one for the shared parameters (None when there are none).
+
+    ``--lr-schedule cosine`` ([I], not the paper's): before each step the unit's learning rate is set
+    from the steps *that unit* has taken (so under Algorithm 1 every block decays over its own phase)
+    and the shared optimiser's from all steps taken; the step counts are saved with the optimisers,
+    so a resumed run continues the schedule. :meth:`set_horizon` gives the totals (Trainer.fit).
+    """
 
     def __init__(self, method: Method, cfg: TrainConfig) -> None:
         self.name = method.default_optimizer if cfg.optimizer == "auto" else cfg.optimizer
         self.lr, self.weight_decay = cfg.lr, cfg.weight_decay
+        self.schedule = cfg.lr_schedule
         self.units = [self.make(method.unit_parameters(u)) for u in range(method.num_units)]
         shared = method.shared_parameters()
         self.shared = self.make(shared) if shared else None
+        self.unit_steps = [0] * len(self.units)
+        self.shared_steps = 0
+        self.unit_horizon: int | None = None
+        self.shared_horizon: int | None = None
+
+    def set_horizon(self, unit_steps: int, shared_steps: int) -> None:
+        """Total steps of one unit and of the shared optimiser over the whole run."""
+        self.unit_horizon, self.shared_horizon = unit_steps, shared_steps
+
+    def _set_lr(self, opt: torch.optim.Optimizer, done: int, total: int | None) -> None:
+        lr = self.lr * cosine_factor(done, total)
+        for group in opt.param_groups:
+            group["lr"] = lr
 
     def make(self, params: list[Tensor]) -> torch.optim.Optimizer:
         return make_optimizer(self.name, params, self.lr, self.weight_decay)
@@ -55,22 +88,35 @@ class Optimizers:
             self.shared.zero_grad(set_to_none=True)
 
     def step(self, unit: int | None) -> None:
+        cosine = self.schedule == "cosine"
         if unit is not None:
+            if cosine:
+                self._set_lr(self.units[unit], self.unit_steps[unit], self.unit_horizon)
             self.units[unit].step()
+            self.unit_steps[unit] += 1
         if self.shared is not None:
+            if cosine:
+                self._set_lr(self.shared, self.shared_steps, self.shared_horizon)
             self.shared.step()
+        self.shared_steps += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        sd: dict[str, Any] = {
             "optimizers": [o.state_dict() for o in self.units],
             "shared_optimizer": None if self.shared is None else self.shared.state_dict(),
         }
+        if self.schedule != "constant":  # checkpoints of constant-lr runs keep their 0.1 layout
+            sd["schedule_steps"] = {"units": list(self.unit_steps), "shared": self.shared_steps}
+        return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         for opt, osd in zip(self.units, sd["optimizers"], strict=True):
             opt.load_state_dict(osd)
         if self.shared is not None and sd.get("shared_optimizer") is not None:
             self.shared.load_state_dict(sd["shared_optimizer"])
+        steps = sd.get("schedule_steps")
+        if steps is not None:
+            self.unit_steps, self.shared_steps = list(steps["units"]), int(steps["shared"])
 
 
 def grads_finite(method: Method, unit: int) -> bool:

@@ -182,6 +182,10 @@ class Trainer:
         x, y = (self.to_device(t) for t in train)
         xv, yv = (self.to_device(t) for t in val)
         cfg = self.cfg
+        # --lr-schedule: every unit sees each mini-batch once per epoch; the shared optimiser steps
+        # once per step of the order
+        batches = -(-x.shape[0] // cfg.batch_size)
+        self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(x.shape[0]))
         passes_per_epoch = float(self.method.num_units)
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
