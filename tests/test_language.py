@@ -447,3 +447,29 @@ def test_bad_text_options_are_one_line_errors(name, tmp_path, monkeypatch, capsy
     assert stdout == ""
     assert snapshot(out) is None
     assert not (tmp_path / "runs").exists()  # nor the default --out
+
+
+# ------------------------------------------------------------ 6. temperature (validation only)
+def test_fit_temperatures_finds_an_overconfident_model_and_never_hurts_the_fitted_split(one_thread):
+    """Scaling NoProp's head up makes it overconfident: the fitted τ grows with the scale, and on
+    the split it was fitted on the calibrated bits are never worse than the raw ones (τ = 1 is in
+    the grid); accuracy is untouched."""
+    from noprop.runs.language import TEMPERATURES, fit_temperatures, test_scores
+
+    assert (TEMPERATURES == 1.0).any()
+    m, _, _ = _method("dt", T=2)
+    x, y = _bytes(6, L, seed=3), _bytes(6, L, seed=4).long()
+    taus = {}
+    for scale in (1.0, 30.0):
+        with torch.no_grad():
+            m.head.f_out.weight.mul_(scale)
+            m.head.f_out.bias.mul_(scale)
+        t = fit_temperatures(m, x, y, chains=2, seed=0)
+        r = test_scores(m, x, y, chains=2, seed=0, temperatures=t)
+        for row in (r, r["deterministic"], r["one_chain"]):
+            assert row["bits_per_byte_calibrated"] <= row["bits_per_byte"] + 1e-9
+        taus[scale] = t["deterministic"]
+        with torch.no_grad():
+            m.head.f_out.weight.div_(scale)
+            m.head.f_out.bias.div_(scale)
+    assert taus[30.0] > taus[1.0]
