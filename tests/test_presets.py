@@ -18,6 +18,7 @@ from noprop.config import make_config
 from noprop.data import datasets as ds
 from noprop.errors import ConfigError
 from noprop.presets import PRESETS, load_config_file, resolve_flat
+from noprop.tasks import task_for
 
 from .test_reliability import assert_one_line_error, snapshot
 
@@ -89,7 +90,9 @@ def test_every_preset_is_its_table_row(row: list[str]):
     assert cfg.train.optimizer == optimiser.lower()
     assert cfg.train.lr == float(lr)
     assert cfg.train.weight_decay == float(wd)
-    assert cfg.model.embed_dim == 20  # the paper's learned embedding dimension (the default)
+    # the paper's learned embedding dimension: the image tasks' default (None = the task's default)
+    assert cfg.model.embed_dim is None
+    assert task_for(cfg.data).default_embed_dim == 20
     options = cfg.method.to_dict()
     timesteps = {"backprop": ["T"], "dt": ["T"], "ct": ["inference_steps"],
                  "fm": ["inference_steps"], "adjoint": ["adjoint_steps", "inference_steps"]}  # fmt: skip
