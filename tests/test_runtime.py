@@ -11,13 +11,22 @@ import pytest
 from noprop import runtime
 
 
-def test_a_loaded_machine_gets_passive_waiting() -> None:
+def test_a_loaded_machine_gets_passive_waiting_and_fewer_threads(monkeypatch) -> None:
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     env: dict[str, str] = {}
-    assert runtime.apply_omp_defaults(env, torch_loaded=False, busy=lambda: 1.0) == {
+    chosen = runtime.apply_omp_defaults(env, torch_loaded=False, busy=lambda: 1.0)
+    assert chosen == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    assert env == {**chosen, runtime.AUTO_KEY: "OMP_WAIT_POLICY,OMP_NUM_THREADS"}
+    assert runtime.STARTUP["other_busy_cores"] == 1.0
+
+
+def test_a_users_thread_count_is_kept_under_load(monkeypatch) -> None:
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    env = {"OMP_NUM_THREADS": "3"}
+    assert runtime.apply_omp_defaults(env, torch_loaded=False, busy=lambda: 1.2) == {
         "OMP_WAIT_POLICY": "PASSIVE"
     }
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE", runtime.AUTO_KEY: "OMP_WAIT_POLICY"}
-    assert runtime.STARTUP["other_busy_cores"] == 1.0
+    assert env["OMP_NUM_THREADS"] == "3"
 
 
 @pytest.mark.parametrize("load", [0.0, 0.3, None])
@@ -49,7 +58,11 @@ def test_nothing_changes_once_torch_is_loaded() -> None:
 
 def test_a_child_decides_again_from_its_own_load() -> None:
     """A value set by a parent noprop (marked in NOPROP_AUTO_OMP) is not the user's choice."""
-    env = {"OMP_WAIT_POLICY": "PASSIVE", runtime.AUTO_KEY: "OMP_WAIT_POLICY"}
+    env = {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+        runtime.AUTO_KEY: "OMP_WAIT_POLICY,OMP_NUM_THREADS",
+    }
     assert runtime.apply_omp_defaults(env, torch_loaded=False, busy=lambda: 0.0) == {}
     assert env == {}
 
