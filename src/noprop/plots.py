@@ -4,7 +4,11 @@ Written into ``DIR`` (matplotlib, Agg canvas, imported only when plotting):
 
 * ``accuracy_vs_time.png`` — validation accuracy after every epoch against cumulative training time,
   one line per run, with the final test accuracy of the validation-selected model marked (the paper's
-  Fig. 3; mean ± standard error when the run holds ``eval5.json`` from ``noprop bench reproduce``).
+  Fig. 3; mean ± standard error when the run holds ``eval5.json`` from ``noprop bench reproduce``);
+  runs trained with ``--test-curve`` also show their test accuracy after every epoch.
+* ``time_to_accuracy.md`` / ``.json`` — per run: when the validation accuracy first reached 98% and
+  99% (training seconds, epoch), the selected model's test accuracy, the paper's Table 1 figure and
+  the load the epochs were timed under (:mod:`noprop.bench.time_to_accuracy`).
 * ``accuracy_vs_steps.png`` — test accuracy and inference time against the number of inference steps,
   per run and solver, for runs holding ``eval_steps.json`` (``sweep_steps``); skipped when none does.
 * ``per_step-RUN.png`` — accuracy of the read-out of z_t after every inference step: the test set
@@ -28,7 +32,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, atomic_write_json, atomic_write_text
+from .bench import time_to_accuracy
 from .bench.grid import CELLS
 from .bench.paper import row_label
 from .config import RunConfig
@@ -68,7 +73,9 @@ class RunInfo:
     @property
     def label(self) -> str:
         embed_dim = self.config.model.embed_dim or IMAGE_EMBED_DIM
-        return f"{self.name} — {row_label(self.method, self.embedding, embed_dim)}"
+        how = time_to_accuracy.variant(self.config, self.summary)
+        how = f", {how}" if how else ""
+        return f"{self.name} — {row_label(self.method, self.embedding, embed_dim)}{how}"
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
@@ -151,7 +158,10 @@ def _colors(n: int) -> list[Any]:
 
 # ---------------------------------------------------------------------------------- figures
 def plot_accuracy_vs_time(infos: list[RunInfo], path: Path) -> Path | None:
-    """Fig. 3: validation accuracy per epoch vs cumulative training time; final test accuracy marked."""
+    """Fig. 3: validation accuracy per epoch vs cumulative training time; final test accuracy marked.
+
+    A run trained with ``--test-curve`` also gets its test accuracy after every epoch (solid; the
+    validation line is then dashed), and the 98%/99% levels of the time-to-accuracy table are drawn."""
     from matplotlib.lines import Line2D
 
     runs = [i for i in infos if i.metrics]
@@ -162,7 +172,16 @@ def plot_accuracy_vs_time(infos: list[RunInfo], path: Path) -> Path | None:
     for info, color in zip(runs, _colors(len(runs)), strict=True):
         xs = [m.wall_seconds for m in info.metrics if m.val_accuracy is not None]
         ys = [100 * m.val_accuracy for m in info.metrics if m.val_accuracy is not None]
-        ax.plot(xs, ys, "o-", color=color, ms=4, lw=1.5, label=info.label)
+        tested = [m for m in info.metrics if m.test_accuracy is not None]
+        if tested:
+            ax.plot(xs, ys, "o--", color=color, ms=3, lw=1.0, alpha=0.6)
+            ax.plot(
+                [m.wall_seconds for m in tested],
+                [100 * m.test_accuracy for m in tested],
+                "s-", color=color, ms=4, lw=1.5, label=info.label,
+            )  # fmt: skip
+        else:
+            ax.plot(xs, ys, "o-", color=color, ms=4, lw=1.5, label=info.label)
         s = info.summary
         if s is None:
             continue
@@ -175,12 +194,26 @@ def plot_accuracy_vs_time(infos: list[RunInfo], path: Path) -> Path | None:
         ax.errorbar(
             [x_sel], [y], yerr=[err], fmt="*", ms=14, color=color, mec="black", capsize=4, zorder=5
         )
+    any_test = any(m.test_accuracy is not None for i in runs for m in i.metrics)
+    if any_test:
+        for level in time_to_accuracy.THRESHOLDS:
+            ax.axhline(100 * level, color="gray", lw=0.8, ls=":")
     handles, _ = ax.get_legend_handles_labels()
     handles += [
         Line2D([], [], ls="", label=""),
         Line2D(
             [], [], ls="-", marker="o", ms=4, color="black", label="validation, after each epoch"
         ),
+    ]
+    if any_test:
+        handles[-1] = Line2D(
+            [], [], ls="--", marker="o", ms=3, color="black", label="validation, after each epoch"
+        )
+        handles.append(
+            Line2D([], [], ls="-", marker="s", ms=4, color="black",
+                   label="test, after each epoch (--test-curve; not used for selection)")
+        )  # fmt: skip
+    handles += [
         Line2D(
             [],
             [],
@@ -431,6 +464,13 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, *, device: str = "cpu
         raise ConfigError(f"--out {out} exists and is not a directory")
     _figure()  # fail early, before creating anything, when matplotlib is missing
     out.mkdir(parents=True, exist_ok=True)
+    table = [
+        time_to_accuracy.row(i.config, i.metrics, i.summary, i.eval5) for i in infos if i.metrics
+    ]
+    if table:
+        atomic_write_json(out / "time_to_accuracy.json", {"rows": table})
+        md = time_to_accuracy.render_markdown(table)
+        atomic_write_text(out / "time_to_accuracy.md", md)
     written = [
         plot_accuracy_vs_time(infos, out / "accuracy_vs_time.png"),
         plot_accuracy_vs_steps(infos, out / "accuracy_vs_steps.png"),

@@ -53,6 +53,10 @@ class EpochRecord:
     data_passes: float
     val_accuracy: float | None = None
     val_accuracy_per_step: list[float] | None = None
+    #: ``--test-curve``: the test accuracy after this epoch (reporting only, never for selection)
+    test_accuracy: float | None = None
+    #: cores kept busy by other processes during the epoch's training (the load it was timed under)
+    other_busy_cores: float | None = None
     #: the method's other loss parts, e.g. ``{"block_l2": [...], "block_ce": [...]}``
     parts: dict[str, list[float | None]] = field(default_factory=dict)
 
@@ -67,6 +71,9 @@ class EpochRecord:
         if self.val_accuracy is None:  # no validation split: the keys are absent, as in noprop 0.1
             d.pop("val_accuracy")
             d.pop("val_accuracy_per_step")
+        for k in ("test_accuracy", "other_busy_cores"):  # absent unless measured
+            if d[k] is None:
+                d.pop(k)
         return {**d, **self.parts}
 
 

@@ -66,6 +66,28 @@ def _own_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def load_meter(
+    *,
+    ticks: Callable[[], int | None] = _busy_ticks,
+    own: Callable[[], float] = _own_seconds,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], float | None]:
+    """Start measuring; the returned function gives the cores kept busy by *other* processes since
+    then (the machine's busy time minus this process's CPU time, per second of wall time; None when
+    /proc/stat is unreadable). The trainer records it per epoch, so every timing says its load."""
+    t0, own0, c0 = ticks(), own(), clock()
+
+    def read() -> float | None:
+        t1, own1, c1 = ticks(), own(), clock()
+        if t0 is None or t1 is None or c1 <= c0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy_seconds = (t1 - t0) / hz - (own1 - own0)
+        return max(0.0, busy_seconds / (c1 - c0))
+
+    return read
+
+
 def other_busy_cores(
     seconds: float = SAMPLE_SECONDS,
     *,
@@ -75,16 +97,9 @@ def other_busy_cores(
     clock: Callable[[], float] = time.monotonic,
 ) -> float | None:
     """Cores kept busy by *other* processes over ``seconds`` (None when /proc/stat is unreadable)."""
-    t0, own0, c0 = ticks(), own(), clock()
-    if t0 is None:
-        return None
+    read = load_meter(ticks=ticks, own=own, clock=clock)
     sleep(seconds)
-    t1, own1, c1 = ticks(), own(), clock()
-    if t1 is None or c1 <= c0:
-        return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    busy_seconds = (t1 - t0) / hz - (own1 - own0)
-    return max(0.0, busy_seconds / (c1 - c0))
+    return read()
 
 
 def apply_omp_defaults(

@@ -33,7 +33,7 @@ GRID_FIELDS = ("method", "embedding", "seed")
 NEUTRAL_FIELDS = frozenset(
     {"device", "eval_batch_size", "data_dir", "download", "channels_last"}
     | {"parallel", "dist_timeout_s"}
-    | {"tensorboard"}  # logging only
+    | {"tensorboard", "test_curve"}  # logging only
 )
 
 

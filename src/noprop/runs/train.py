@@ -57,7 +57,7 @@ RESUMABLE_OVERRIDES = frozenset(
     # W_Embed/head then follows a different, equally valid, update order after the switch)
     | {"parallel", "dist_timeout_s"}
     # logging only: event files are written or not, the training is the same
-    | {"tensorboard"}
+    | {"tensorboard", "test_curve"}
 )
 
 
@@ -234,7 +234,7 @@ def _train(
         writer.saved_config = run.config().to_dict()
         writer.saved_epoch = trainer.state.epoch
     try:
-        trainer.fit(data.train, data.val)
+        trainer.fit(data.train, data.val, test=data.test if cfg.train.test_curve else None)
     except DivergenceError as e:
         last = writer.saved_epoch if writer is not None else 0
         kept = (

@@ -52,6 +52,9 @@ class TrainConfig:
     """seconds a rank waits for the others before the parallel run fails"""
     tensorboard: bool = False
     """write TensorBoard event files to RUN/tensorboard (needs the extra [tb]: pip install noprop[tb])"""
+    test_curve: bool = False
+    """also evaluate the test split after every epoch (default inference) and record test_accuracy in
+    metrics.jsonl, for accuracy-vs-time curves; never used for model selection"""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -11,6 +11,7 @@ layouts build their own order, step and callbacks (:mod:`noprop.parallel`); the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods.base import Method
+from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
 from .callbacks import Callback, Losses
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, Step, derive_seed
 from .steps import LocalStep, Optimizers, Parts, StepFunction
 
-#: evaluator(trainer, x, y, deterministic=..., seed=...) → {"accuracy", "accuracy_per_step"}
+#: evaluator(trainer, x, y, deterministic=..., seed=..., validation=...) → {"accuracy", "accuracy_per_step"}
 Evaluator = Callable[..., dict[str, Any]]
 
 
@@ -139,24 +141,44 @@ class Trainer:
 
     # -------------------------------------------------------------- evaluation
     def evaluate(
-        self, x: Tensor, y: Tensor, *, deterministic: bool = False, seed: int = 0
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        deterministic: bool = False,
+        seed: int = 0,
+        validation: bool = True,
     ) -> dict[str, Any]:
-        """Accuracy of the final prediction and of the read-out after every inference step."""
+        """Accuracy of the final prediction and of the read-out after every inference step.
+
+        ``validation``: with the method's validation settings (e.g. ``--val-inference-steps``);
+        False for the default inference (``--test-curve``)."""
         for cb in self.callbacks:
             cb.before_eval(self)
-        result = self.evaluator(self, x, y, deterministic=deterministic, seed=seed)
+        result = self.evaluator(
+            self, x, y, deterministic=deterministic, seed=seed, validation=validation
+        )
         for cb in self.callbacks:
             cb.after_eval(self)
         return result
 
     @staticmethod
     def local_evaluate(
-        trainer: Trainer, x: Tensor, y: Tensor, *, deterministic: bool, seed: int
+        trainer: Trainer,
+        x: Tensor,
+        y: Tensor,
+        *,
+        deterministic: bool,
+        seed: int,
+        validation: bool = True,
     ) -> dict[str, Any]:
-        with trainer.method.validating():  # e.g. --val-inference-steps of CT/FM
+        # validation: e.g. --val-inference-steps of CT/FM; otherwise the default inference
+        settings = trainer.method.validating() if validation else contextlib.nullcontext()
+        with settings:
             return evaluate(
                 trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
-                task=trainer.task, progress=trainer.progress, desc="validation",
+                task=trainer.task, progress=trainer.progress,
+                desc="validation" if validation else "test curve",
             )  # fmt: skip
 
     def to_device(self, t: Tensor) -> Tensor:
@@ -168,19 +190,24 @@ class Trainer:
         train: tuple[Tensor, Tensor],
         val: tuple[Tensor, Tensor],
         on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        *,
+        test: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """Train from ``state.epoch`` to ``cfg.epochs`` with validation-based model selection.
 
         ``on_epoch(trainer, record)``, if given, runs after every epoch's callbacks (noprop 0.1's
-        hook; a :class:`~noprop.training.callbacks.Callback` is the general form)."""
+        hook; a :class:`~noprop.training.callbacks.Callback` is the general form). ``test``, if
+        given, is evaluated after every epoch with the default inference and the final test's
+        seed (``record["test_accuracy"]``, for accuracy-vs-time curves); it never selects a model."""
         if on_epoch is not None:
             self.callbacks.append(_OnEpoch(on_epoch))
             try:
-                return self.fit(train, val)
+                return self.fit(train, val, test=test)
             finally:
                 self.callbacks.pop()
         x, y = (self.to_device(t) for t in train)
         xv, yv = (self.to_device(t) for t in val)
+        xt, yt = (self.to_device(t) for t in test) if test is not None else (None, None)
         cfg = self.cfg
         # --lr-schedule: every unit sees each mini-batch once per epoch; the shared optimiser steps
         # once per step of the order
@@ -189,11 +216,12 @@ class Trainer:
         passes_per_epoch = float(self.method.num_units)
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
-            start = time.perf_counter()
+            start, load = time.perf_counter(), load_meter()
             losses = self.train_epoch(x, y, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
+            other_busy = load()
             self.state.epoch += 1
             self.state.train_seconds += seconds
             self.state.data_passes += passes_per_epoch
@@ -205,6 +233,8 @@ class Trainer:
                 "wall_seconds": round(self.state.train_seconds, 3),
                 "data_passes": self.state.data_passes,
             }
+            if other_busy is not None:  # block-parallel: the other ranks count as "other"
+                record["other_busy_cores"] = round(other_busy, 3)
             if xv.shape[0] > 0:
                 ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
                 record["val_accuracy"] = ev["accuracy"]
@@ -214,6 +244,9 @@ class Trainer:
                 improved = ev["accuracy"] > self.state.best_val
             else:
                 improved = True  # no validation split: the last epoch is the selected model
+            if xt is not None and yt is not None:  # after selection's inputs: reporting only
+                ev = self.evaluate(xt, yt, seed=cfg.seed, validation=False)
+                record["test_accuracy"] = ev["accuracy"]
             if improved:
                 self.state.best_val = record.get("val_accuracy", -1.0)
                 self.state.best_epoch = self.state.epoch
