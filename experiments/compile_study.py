@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--infer-images", type=int, default=1000)
     p.add_argument("--infer-steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="ct/fm: alternated timed inference rounds")
+    p.add_argument("--embedding", default="one-hot", help="ct/fm: the label embedding")
     args = p.parse_args()
     if args.target in ("ct", "fm"):
         return inference(args)
@@ -96,7 +97,7 @@ def main() -> None:
 def inference(args: argparse.Namespace) -> None:
     """CT/FM inference with the block's per-step part compiled vs eager (module docstring)."""
     cfg = make_config(method=args.target, dataset="mnist", data_dir=args.data_dir, download=False,
-                      inference_steps=args.infer_steps)  # fmt: skip
+                      inference_steps=args.infer_steps, embedding=args.embedding)  # fmt: skip
     task, data = load_data(cfg)
     x, y = data.train
     eager = build_method(cfg, task, None, x, y).eval()

@@ -7,8 +7,9 @@
 #   bash experiments/time_to_accuracy.sh [DATA_DIR]      # default ../shared/data/mnist
 #
 # Each part is written into experiments/tta/ and the table/figure are redrawn after each one:
-#   noprop plot experiments/tta/* --out experiments/tta/figures
-# Every epoch records the load it was timed under (other_busy_cores in metrics.jsonl).
+#   noprop plot experiments/tta/{paper,ct-fm,dt-interleaved,dt-blocks2} --out experiments/tta/figures
+# Every epoch records the load it was timed under (other_busy_cores in metrics.jsonl). --test-curve
+# does not change the experiment: a finished cell trained without it is reused, without a curve.
 set -euo pipefail
 DATA=${1:-../shared/data/mnist}
 OUT=experiments/tta
@@ -16,12 +17,14 @@ PY=${PYTHON:-python}
 common=(--dataset mnist --data-dir "$DATA" --embeddings one-hot --seeds 0 --test-curve
         --runs 1 --train-eval-samples 1000)
 
-redraw() {  # the parts that exist so far
-  local parts=()
-  for d in paper ct-fm dt-interleaved dt-blocks2; do
-    if [[ -d "$OUT/$d/cells" || -f "$OUT/$d/config.json" ]]; then parts+=("$OUT/$d"); fi
+redraw() {  # the runs that exist so far; a failed redraw never stops the training
+  local runs=()
+  for d in "$OUT"/paper/cells/* "$OUT"/ct-fm/cells/* "$OUT"/dt-interleaved/cells/* "$OUT"/dt-blocks2; do
+    if [[ -f "$d/config.json" ]]; then runs+=("$d"); fi
   done
-  "$PY" -m noprop plot "${parts[@]}" --out "$OUT/figures" >/dev/null
+  if (( ${#runs[@]} )); then
+    "$PY" -m noprop plot "${runs[@]}" --out "$OUT/figures" >/dev/null || echo "redraw failed" >&2
+  fi
 }
 
 # 1. NoProp-DT, Algorithm 1 (blocks outer), sequential, and the back-prop twin: 10 epochs
@@ -42,3 +45,11 @@ if [[ ! -f "$run/summary.json" ]]; then
     --parallel blocks --dataset mnist --data-dir "$DATA" --epochs 10 --test-curve "${where[@]}"
 fi
 redraw
+# 5. More compute at inference on the same trained models (BENCHMARKS.md, "averaging N stochastic
+#    chains"): test accuracy and seconds for 1, 4, 16 chains and the deterministic chain, then the
+#    figure and table of accuracy vs inference compute
+for cell in "$OUT"/paper/cells/dt-one-hot-s0 "$OUT"/ct-fm/cells/ct-one-hot-s0 "$OUT"/ct-fm/cells/fm-one-hot-s0; do
+  if [[ ! -f "$cell/eval_chains.json" ]]; then "$PY" -m noprop eval "$cell" --chains 1,4,16; fi
+done
+"$PY" experiments/chains_figure.py "$OUT"/paper/cells/dt-one-hot-s0 "$OUT"/ct-fm/cells/ct-one-hot-s0 \
+  "$OUT"/ct-fm/cells/fm-one-hot-s0 --out "$OUT/figures/chains"

@@ -48,6 +48,7 @@ def test_test_curve_changes_nothing_else(ct_runs):
     a, b = RunDir(curve), RunDir(plain)
     assert a.summary().test_accuracy == b.summary().test_accuracy
     assert [m.val_accuracy for m in a.records()] == [m.val_accuracy for m in b.records()]
+    assert a.summary().best_epoch == b.summary().best_epoch
     assert all(m.test_accuracy is None for m in b.records())
     line = json.loads(b.metrics_path.read_text().splitlines()[0])
     assert "test_accuracy" not in line  # absent, not null, when not measured
@@ -72,9 +73,17 @@ def test_curve_uses_the_default_inference_not_validations(ct_runs, monkeypatch):
     assert two != RunDir(curve).summary().test_accuracy
 
 
-def test_every_epoch_records_its_load(ct_runs):
+def test_every_epoch_records_its_load(ct_runs, monkeypatch, tmp_path):
     records = RunDir(ct_runs[0]).records()
-    assert all(m.other_busy_cores is not None and m.other_busy_cores >= 0 for m in records)
+    assert all(m.other_busy_cores is not None for m in records)
+    # the trainer records what the meter reads: a fake meter reading 0.75 cores shows up as 0.75
+    import noprop.training.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "load_meter", lambda: lambda: 0.75)
+    train(make_config(method="dt", T=2, epochs=1, max_train_samples=60), tmp_path / "r",
+          progress=False)  # fmt: skip
+    (rec,) = RunDir(tmp_path / "r").records()
+    assert rec.other_busy_cores == 0.75
 
 
 def test_load_meter_counts_other_processes_only():
@@ -82,7 +91,7 @@ def test_load_meter_counts_other_processes_only():
     own = iter([5.0, 6.0])  # 1 s of it was this process
     clock = iter([0.0, 2.0])  # over 2 s of wall time
     read = load_meter(ticks=lambda: next(ticks), own=lambda: next(own), clock=lambda: next(clock))
-    assert read() == pytest.approx((3.0 - 1.0) / 2.0 * 100 / _hz())
+    assert read() == pytest.approx((300 / _hz() - 1.0) / 2.0)
     unreadable = load_meter(ticks=lambda: None)
     assert unreadable() is None
 
@@ -117,6 +126,31 @@ def test_crossings_and_row():
     assert tta.variant(make_config(method="fm"), None) == ""
     never = tta.row(make_config(method="fm"), [_rec(1, 0.5, 10)], None)
     assert "not reached" in tta.render_markdown([never])
+    fused = make_config(method="dt", order="interleaved", parallel="fused")
+    assert "ranks" not in tta.variant(fused, _summary(world_size=1))
+    assert tta.variant(make_config(method="dt", parallel="blocks"), _summary(world_size=2)) == (
+        "Algorithm 1, blocks-parallel, 2 ranks"
+    )
+
+
+def _summary(**kw):
+    from noprop.rundir import Summary
+
+    base = dict(method="dt", dataset="digits", embedding="one-hot", val_accuracy=0.9,
+                best_epoch=1, test_accuracy=0.9, test_accuracy_deterministic=0.9,
+                test_accuracy_per_step=[0.9], train_seconds=1.0, epochs=1, data_passes=1.0,
+                params_per_block=1, num_train=1, num_val=1, num_test=1, device="cpu",
+                cpu="x", num_threads=1, parallel="none", world_size=1, torch_version="t",
+                noprop_version="v")  # fmt: skip
+    return Summary(**{**base, **kw})
+
+
+def test_eval5_mean_is_the_reported_test_accuracy():
+    recs = [_rec(1, 0.985, 60)]
+    r = tta.row(make_config(method="dt"), recs, _summary(test_accuracy=0.5),
+                {"test_accuracy": 0.9812, "runs": 5}, run="cell")  # fmt: skip
+    assert r["test_accuracy"] == 0.9812 and r["finished"] and r["run"] == "cell"
+    assert "98.12 (mean of 5)" in tta.render_markdown([r])
 
 
 def test_plot_writes_the_table_and_the_test_curve(ct_runs, tmp_path, capsys):

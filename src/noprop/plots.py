@@ -465,13 +465,17 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, *, device: str = "cpu
     _figure()  # fail early, before creating anything, when matplotlib is missing
     out.mkdir(parents=True, exist_ok=True)
     table = [
-        time_to_accuracy.row(i.config, i.metrics, i.summary, i.eval5) for i in infos if i.metrics
+        time_to_accuracy.row(i.config, i.metrics, i.summary, i.eval5, run=i.name)
+        for i in infos
+        if i.metrics
     ]
+    written: list[Path | None] = []
     if table:
         atomic_write_json(out / "time_to_accuracy.json", {"rows": table})
         md = time_to_accuracy.render_markdown(table)
         atomic_write_text(out / "time_to_accuracy.md", md)
-    written = [
+        written += [out / "time_to_accuracy.md", out / "time_to_accuracy.json"]
+    written += [
         plot_accuracy_vs_time(infos, out / "accuracy_vs_time.png"),
         plot_accuracy_vs_steps(infos, out / "accuracy_vs_steps.png"),
     ]

@@ -58,6 +58,7 @@ from ..data.text import TEXT_DATASETS
 from ..device import pick_device
 from ..errors import ConfigError, NoPropError
 from ..methods import Method
+from ..models import count_parameters as count_trainable
 from ..models.config import TEXT_EMBED_DIM
 from ..models.transformer import embedding_parameters
 from ..rundir import RunDir
@@ -136,7 +137,7 @@ def _configs(ns: argparse.Namespace, noprop_width: int) -> dict[str, RunConfig]:
 def count_parameters(method: Method) -> dict[str, int]:
     """Trainable parameters (a one-hot W_Embed is a fixed buffer, not counted), and how many of them
     are token/position embedding tables."""
-    total = sum(p.numel() for p in method.parameters())
+    total = count_trainable(method)
     emb = embedding_parameters(method)
     return {"total": total, "embedding_tables": emb, "non_embedding": total - emb}
 

@@ -44,7 +44,7 @@ def variant(cfg: RunConfig, summary: Summary | None) -> str:
         parts.append("Algorithm 1" if t.order == "blocks" else "interleaved")
     if t.parallel != "none":
         world = summary.world_size if summary is not None else None
-        parts.append(f"{t.parallel}-parallel" + (f", {world} ranks" if world else ""))
+        parts.append(f"{t.parallel}-parallel" + (f", {world} ranks" if world and world > 1 else ""))
     elif cfg.method.method == "dt":
         parts.append("sequential")
     return ", ".join(parts)
@@ -55,11 +55,13 @@ def row(
     records: Sequence[EpochRecord],
     summary: Summary | None,
     eval5: dict[str, Any] | None = None,
+    run: str = "",
 ) -> dict[str, Any]:
-    """One run's line of the table (see the module docstring)."""
+    """One run's line of the table (see the module docstring); ``run`` names its directory."""
     embed_dim = cfg.model.embed_dim or IMAGE_EMBED_DIM
     method, embedding = cfg.method.method, cfg.model.embedding
     out: dict[str, Any] = {
+        "run": run,
         "method": row_label(method, embedding, embed_dim),
         "variant": variant(cfg, summary),
         "epochs": records[-1].epoch if records else 0,
@@ -94,11 +96,11 @@ def _seconds(s: float | None, epoch: int | None) -> str:
 def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table as Markdown (times in minutes of training; test accuracy in %)."""
     head = (
-        "| method | variant | epochs | training time | first val ≥ 98% | first val ≥ 99% "
+        "| run | method | variant | epochs | training time | first val ≥ 98% | first val ≥ 99% "
         "| best val (epoch) | test (selected on val) | paper Table 1 test | other busy cores "
         "(mean / max) |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         test = "—" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}"
         if r["test_accuracy"] is not None and (r["test_runs"] or 1) > 1:
@@ -114,7 +116,7 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
             else f"{r['other_busy_cores_mean']:.2f} / {r['other_busy_cores_max']:.2f}"
         )
         lines.append(
-            f"| {r['method']} | {r['variant'] or '—'} | {r['epochs']} "
+            f"| {r['run'] or '—'} | {r['method']} | {r['variant'] or '—'} | {r['epochs']} "
             f"| {r['train_seconds'] / 60:.1f} min "
             f"| {_seconds(r['val_98_seconds'], r['val_98_epoch'])} "
             f"| {_seconds(r['val_99_seconds'], r['val_99_epoch'])} | {best} | {test} "

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models import build_embedding, build_head
 from ..models.config import ModelConfig
 from ..models.embeddings import ClassEmbedding
@@ -184,6 +185,15 @@ class Method(nn.Module):
     def validating(self) -> Iterator[None]:
         """Inference settings of the per-epoch validation (default: the same as the test's)."""
         yield
+
+    def compile_inference(self, batch_size: int) -> float:
+        """Compile the per-step part of inference with ``torch.compile`` (inductor); returns the
+        compile seconds. Only where it was measured faster (BENCHMARKS.md, "torch.compile"): the
+        weights and ``state_dict`` are untouched, so checkpoints load with or without it."""
+        raise ConfigError(
+            f"--compile is offered for --method ct only, not {self.name} (torch.compile measured "
+            "no faster for the dt block, the back-prop twin and fm inference: BENCHMARKS.md)"
+        )
 
     def z_shape(self, x: Tensor) -> tuple[int, ...]:
         """Shape of z for inputs ``x``: (B, d) for classification, (B, L, d) for next-token tasks."""

@@ -70,9 +70,7 @@ class NoPropDT(Method):
             )
         )
         blocks = [ctx.block("discrete", emb.dim) for _ in range(options.T)]
-        method = cls(blocks, emb, head, schedule, eta=options.eta)
-        method.label_dims = ctx.task.label_dims
-        return method
+        return cls(blocks, emb, head, schedule, eta=options.eta)  # label_dims: build_method sets it
 
     @classmethod
     def units_for(cls, options: DTConfig) -> int:

@@ -51,15 +51,32 @@ def load_run_with_task(
     return method, cfg, task, data, dev
 
 
+def compile_for_inference(method: Method, batch_size: int, log: Any = print) -> float:
+    """``--compile``: :meth:`Method.compile_inference` (a one-line ConfigError where it is not
+    offered), its compile seconds logged apart from the evaluation's."""
+    seconds = method.compile_inference(batch_size)
+    log(f"compiled {method.label} inference (torch.compile, inductor) in {seconds:.1f} s")
+    return seconds
+
+
 def evaluate_run(
-    run_dir: str | Path, *, deterministic: bool = False, runs: int = 1, device: str = "auto"
+    run_dir: str | Path,
+    *,
+    deterministic: bool = False,
+    runs: int = 1,
+    device: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Test accuracy over ``runs`` inference runs (mean ± standard error) and per-step accuracy."""
+    """Test accuracy over ``runs`` inference runs (mean ± standard error) and per-step accuracy.
+
+    ``compile``: compile the method's inference first (ct only; ``compile_seconds`` in the result)."""
     if runs < 1:
         raise ConfigError(f"--runs must be >= 1 (got {runs})")
     method, cfg, task, data, dev = load_run_with_task(run_dir, device)
     x, y = (t.to(dev) for t in data.test)
     bs = cfg.train.eval_batch_size
+    compile_seconds = compile_for_inference(method, bs) if compile else None
+    start = time.perf_counter()
     results = [
         evaluate(
             method,
@@ -88,6 +105,8 @@ def evaluate_run(
         "deterministic": deterministic,
         "accuracy_per_step": steps,
         "accuracies": accs,
+        "seconds": round(time.perf_counter() - start, 3),
+        "compile_seconds": compile_seconds,
     }
     for k in results[0].keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte (text)
         if not k.endswith("_per_step"):
@@ -100,7 +119,12 @@ def evaluate_run(
 
 
 def evaluate_chains(
-    run_dir: str | Path, chains: list[int], *, device: str = "auto", seed: int | None = None
+    run_dir: str | Path,
+    chains: list[int],
+    *,
+    device: str = "auto",
+    seed: int | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Test accuracy and seconds of averaging the head's probabilities over N stochastic chains
     (``TrainedModel.predict_proba``, one N·B batch per pass) for every N in ``chains``; also the
@@ -109,6 +133,8 @@ def evaluate_chains(
         raise ConfigError(f"--chains takes positive integers (got {chains})")
     model = load(run_dir, device)
     _, data = load_data(model.config)
+    if compile:
+        compile_for_inference(model.method, model.config.train.eval_batch_size)
     x, y = data.test
     rows = []
     for n in [0, *chains]:

@@ -26,7 +26,7 @@ from ..methods.base import ContinuousTimeMethod
 from ..rundir import RunDir
 from ..solvers import check_solver
 from ..training.trainer import evaluate
-from .evaluate import load_run_with_task
+from .evaluate import compile_for_inference, load_run_with_task
 
 
 def _check_grid(method: ContinuousTimeMethod, steps: list[int], solvers: list[str]) -> None:
@@ -47,6 +47,7 @@ def sweep_steps(
     *,
     deterministic: bool = False,
     seed: int | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a ct/fm/adjoint run for every (solver, steps); write and return the rows.
 
@@ -57,6 +58,7 @@ def sweep_steps(
         device: auto, cpu, cuda or cuda:N.
         deterministic: start from z_0 = 0 and add no sampling noise.
         seed: seed of z_0 and the sampling noise (default: the run's ``--seed``).
+        compile: compile the per-step inference first (``--compile``, ct only).
 
     Returns:
         One dict per pair, solvers outer and steps inner, as written to ``eval_steps.json``.
@@ -70,6 +72,8 @@ def sweep_steps(
             f"--steps/--solver apply to the continuous-time methods ct, fm and adjoint; "
             f"{run_dir} is a {cfg.method.method} run"
         )
+    if compile:
+        compile_for_inference(method, cfg.train.eval_batch_size)
     _check_grid(method, steps, solvers)
     seed = cfg.train.seed if seed is None else seed
     x, y = (t.to(dev) for t in data.test)

@@ -155,9 +155,9 @@ class Trainer:
         False for the default inference (``--test-curve``)."""
         for cb in self.callbacks:
             cb.before_eval(self)
-        result = self.evaluator(
-            self, x, y, deterministic=deterministic, seed=seed, validation=validation
-        )
+        # validation=False only when asked: evaluators written for (deterministic, seed) still work
+        extra = {} if validation else {"validation": False}
+        result = self.evaluator(self, x, y, deterministic=deterministic, seed=seed, **extra)
         for cb in self.callbacks:
             cb.after_eval(self)
         return result
@@ -207,7 +207,9 @@ class Trainer:
                 self.callbacks.pop()
         x, y = (self.to_device(t) for t in train)
         xv, yv = (self.to_device(t) for t in val)
-        xt, yt = (self.to_device(t) for t in test) if test is not None else (None, None)
+        # as the final test feeds it (runs/train.py final_summary), so the curve's point at the
+        # selected epoch is the final test's number
+        xt, yt = (t.to(self.device) for t in test) if test is not None else (None, None)
         cfg = self.cfg
         # --lr-schedule: every unit sees each mini-batch once per epoch; the shared optimiser steps
         # once per step of the order
