@@ -17,6 +17,7 @@ Legend: x input (B, ...), y labels (B,), z noised label embedding (B, d), W = W_
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -191,8 +192,8 @@ class Method(nn.Module):
         compile seconds. Only where it was measured faster (BENCHMARKS.md, "torch.compile"): the
         weights and ``state_dict`` are untouched, so checkpoints load with or without it."""
         raise ConfigError(
-            f"--compile is offered for --method ct only, not {self.name} (torch.compile measured "
-            "no faster for the dt block, the back-prop twin and fm inference: BENCHMARKS.md)"
+            f"--compile is offered for --method ct and fm only, not {self.name} (torch.compile "
+            "measured no faster for the dt block and the back-prop twin: BENCHMARKS.md)"
         )
 
     def z_shape(self, x: Tensor) -> tuple[int, ...]:
@@ -209,6 +210,8 @@ class ContinuousTimeMethod(Method):
 
     continuous_time = True
     solvers = ODE_SOLVERS
+    #: whether ``--compile`` is offered (where torch.compile was measured; BENCHMARKS.md)
+    compilable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -226,6 +229,47 @@ class ContinuousTimeMethod(Method):
         self.val_inference_steps: int | None = None  # set from the options by build_method
         self.solver = solver
         self.t_samples = t_samples
+        self._compiled_fuse: tuple[Any, int] | None = None  # compile_inference()
+
+    def block_fuse(self, h_x: Tensor, z: Tensor, t: Tensor | float) -> Tensor:
+        """``block.fuse`` (label, time and fusion layers on cached image features), or its
+        compiled version at inference once :meth:`compile_inference` ran."""
+        compiled = self._compiled_fuse
+        # inference only, and only for the block it was compiled from (not a copy's)
+        if compiled is not None and compiled[1] == id(self.block) and not torch.is_grad_enabled():
+            return compiled[0](h_x, z, t)
+        return self.block.fuse(h_x, z, t)
+
+    def compile_inference(self, batch_size: int) -> float:
+        """``torch.compile`` ``block.fuse`` for inference; the image branch runs once per input and
+        stays eager. Compiled here, in eval mode, on a ``batch_size`` warm-up batch, so the compile
+        time is reported apart; another batch shape (a last partial batch, N·B chains) compiles
+        once more, with dynamic shapes, inside the evaluation that meets it."""
+        if not self.compilable:
+            return super().compile_inference(batch_size)
+        compiled = torch.compile(self.block.fuse)
+        # not a registered attribute: state_dict ignores it; copies and pickles drop it
+        self._compiled_fuse = (compiled, id(self.block))
+        p = next(self.block.parameters())
+        h_x = torch.zeros(batch_size, self.feature_dim, device=p.device)
+        z = torch.zeros(batch_size, self.embedding.dim, device=p.device)
+        was_training = self.training
+        self.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            compiled(h_x, z, torch.zeros((), device=p.device))
+        seconds = time.perf_counter() - start
+        self.train(was_training)
+        return seconds
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the image features h_x (the CT block's branches are all this wide)."""
+        return self.block.time[0].out_features
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the compiled function closes over this block: a copy must not run the original's weights
+        return {**self.__dict__, "_compiled_fuse": None}
 
     def unit_modules(self, unit: int) -> list[nn.Module]:
         return [self.block]

@@ -33,16 +33,14 @@ The read-out is the head p̂_θout on z_t at ≤ 11 evenly spaced grid points (t
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..models.blocks import HIDDEN
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least, positive
@@ -96,6 +94,7 @@ class NoPropCT(ContinuousTimeMethod):
     Config = CTConfig
     default_optimizer = "adam"
     solvers = CT_SOLVERS
+    compilable = True  # --compile: 0.89x (one-hot) / 0.74x (prototype) inference time, measured
 
     @classmethod
     def from_config(cls, options: CTConfig, ctx: BuildContext) -> NoPropCT:
@@ -138,7 +137,6 @@ class NoPropCT(ContinuousTimeMethod):
         )
         self.schedule = schedule
         self.eta = eta
-        self._compiled_fuse: tuple[Any, ...] | None = None  # compile_inference()
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """Head θ_out, a learned W_Embed and the schedule's ψ (all updated jointly, Algorithm 2)."""
@@ -146,38 +144,7 @@ class NoPropCT(ContinuousTimeMethod):
 
     def u_hat(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
         """û_θ(z_t, x, t) = softmax(logits)·W_Embed from cached image features h_x (spec §3.1)."""
-        fuse = self.block.fuse
-        compiled = self._compiled_fuse
-        # inference only, and only for the block it was compiled from (not a copy's)
-        if compiled is not None and compiled[1] == id(self.block) and not torch.is_grad_enabled():
-            fuse = compiled[0]
-        return self.embedding.mix(fuse(h_x, z_t, t).softmax(-1))
-
-    def compile_inference(self, batch_size: int) -> float:
-        """``torch.compile`` the block's per-step part (``block.fuse``: label, time and fusion
-        layers) for inference; the image branch runs once per input and stays eager. Measured 0.89×
-        the eager inference time, logits equal within 2.4e-7 (BENCHMARKS.md, "torch.compile").
-        Compiled here, in eval mode, on a ``batch_size`` warm-up batch, so the compile time is
-        reported apart; another batch shape (a last partial batch, N·B chains) compiles once more,
-        with dynamic shapes, inside the evaluation that meets it."""
-        compiled = torch.compile(self.block.fuse)
-        # not a registered attribute: state_dict ignores it; copies and pickles drop it
-        self._compiled_fuse = (compiled, id(self.block))
-        p = next(self.block.parameters())
-        h_x = torch.zeros(batch_size, HIDDEN, device=p.device)  # image features (CTBlock)
-        z = torch.zeros(batch_size, self.embedding.dim, device=p.device)
-        was_training = self.training
-        self.eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            compiled(h_x, z, torch.zeros((), device=p.device))
-        seconds = time.perf_counter() - start
-        self.train(was_training)
-        return seconds
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the compiled function closes over this block: a copy must not run the original's weights
-        return {**self.__dict__, "_compiled_fuse": None}
+        return self.embedding.mix(self.block_fuse(h_x, z_t, t).softmax(-1))
 
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 9 / Eq. 62 on one mini-batch (Algorithm 2)."""
