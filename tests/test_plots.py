@@ -52,9 +52,11 @@ def test_plot_cli_writes_every_figure(runs, tmp_path, capsys):
         "prototypes-dt-proto.png",
         "per_step-fm-onehot.png",
         "block_loss-fm-onehot.png",
+        "time_to_accuracy.md",
+        "time_to_accuracy.json",
     }
     assert {p.name for p in out.iterdir()} == expected  # no prototypes for one-hot
-    _check_pngs(out.iterdir())
+    _check_pngs(p for p in out.iterdir() if p.suffix == ".png")
     printed = capsys.readouterr().out.split()
     assert sorted(printed) == sorted(str(out / n) for n in expected)
 
@@ -71,8 +73,10 @@ def test_plot_skips_missing_sweep_and_expands_bench_dirs(runs, tmp_path):
         "accuracy_vs_time.png",
         "block_loss-fm-onehot.png",
         "per_step-fm-onehot.png",
+        "time_to_accuracy.json",
+        "time_to_accuracy.md",
     ]
-    _check_pngs(written)
+    _check_pngs(p for p in written if p.suffix == ".png")
 
 
 def test_plot_errors(tmp_path, capsys):
