@@ -11,7 +11,7 @@ needs to reach a given accuracy. For each run directory (``metrics.jsonl`` and `
   busy by other processes during an epoch's training, recorded by the trainer; for a block-parallel
   run the other ranks count as other processes, so 1 rank of 2 reads ≈ 1 core busy).
 
-:func:`rows` computes the table, :func:`render_markdown` prints it; ``noprop plot`` writes both
+:func:`row` computes a line of the table, :func:`render_markdown` prints it; ``noprop plot`` writes both
 next to ``accuracy_vs_time.png`` as ``time_to_accuracy.md`` and ``.json``.
 """
 
