@@ -1,7 +1,8 @@
 """Test accuracy vs inference compute for runs evaluated with ``noprop eval RUN --chains ...``.
 
-Reads each run's ``eval_chains.json``, counts the FLOPs of one chain per image with
-``torch.utils.flop_counter.FlopCounterMode`` (the method's default inference on 8 test images), and
+Reads each run's ``eval_chains.json`` with the FLOPs of one chain per image that ``noprop eval
+--chains`` counted (``torch.utils.flop_counter.FlopCounterMode``, the method's default inference on 8
+test images; older files without them are counted here, which needs the run's checkpoint), and
 writes a PNG (accuracy vs GFLOP per image, one line per method, the deterministic chain as a marker)
 and a Markdown table (chains, GFLOP per image, seconds for the test set, accuracy).
 
@@ -40,23 +41,38 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| method | chains | GFLOP / image | seconds (test set) | test accuracy |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | chains | GFLOP / image | seconds (test set) | test accuracy |",
+        "|---|---|---|---|---|",
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
+    loads: list[str] = []
     for run in map(Path, args.runs):
         result = RunDir(run).read_eval_chains()
         if result is None:
             raise SystemExit(f"{run}: no eval_chains.json; run noprop eval {run} --chains 1,4,16")
-        method = RunDir(run).config().method.cls.label
-        f = flops_per_image(run) / 1e9
+        cfg = RunDir(run).config()
+        method = cfg.method.cls.label + (
+            " (interleaved)" if cfg.train.order == "interleaved" else ""
+        )
+        f = result.get("gflop_per_chain_per_image") or flops_per_image(run) / 1e9
         rows = result["rows"]
         det = [r for r in rows if r["chains"] == 0]
         sto = [r for r in rows if r["chains"] > 0]
-        line = ax.plot([f * r["chains"] for r in sto], [r["test_accuracy"] for r in sto], "o-", label=method)
+        line = ax.plot(
+            [f * r["chains"] for r in sto], [r["test_accuracy"] for r in sto], "o-", label=method
+        )
         for r in det:
             ax.plot([f], [r["test_accuracy"]], "*", ms=12, color=line[0].get_color())
         for r in rows:
             name = "deterministic" if r["chains"] == 0 else str(r["chains"])
-            lines.append(f"| {method} | {name} | {f * max(r['chains'], 1):.3g} | {r['seconds']:.1f} | {r['test_accuracy']:.4f} |")
+            lines.append(
+                f"| {method} | {name} | {f * max(r['chains'], 1):.3g} | {r['seconds']:.1f} | {r['test_accuracy']:.4f} |"
+            )
+        if result.get("other_busy_cores") is not None:
+            loads.append(f"{method}: {result['other_busy_cores']} other busy cores while timed")
+    if loads:
+        lines += ["", "Load: " + "; ".join(loads) + "."]
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("inference GFLOP per image (chains × one chain)")

@@ -27,17 +27,27 @@ redraw() {  # the runs that exist so far; a failed redraw never stops the traini
   fi
 }
 
+chains() {  # more compute at inference (BENCHMARKS.md, "averaging N stochastic chains"): test
+  # accuracy and seconds for 1, 4, 16 chains and the deterministic chain, on a trained model. It runs
+  # right after the model is trained because checkpoints are not committed: a later session (a fresh
+  # clone) has only the metrics, so the evaluation must happen in the session that trained the model.
+  local cell
+  for cell in "$@"; do
+    if [[ -f "$cell/eval_chains.json" ]]; then continue; fi
+    if [[ -f "$cell/checkpoint.pt" ]]; then "$PY" -m noprop eval "$cell" --chains 1,4,16
+    else echo "skipping --chains for $cell: no checkpoint here (trained in another workspace)" >&2; fi
+  done
+}
+
 # 1. NoProp-DT, Algorithm 1 (blocks outer), sequential, and the back-prop twin: 10 epochs
 "$PY" -m noprop bench reproduce --methods dt,backprop --epochs 10 "${common[@]}" --out "$OUT/paper"
 redraw
 # 2. NoProp-CT and NoProp-FM: 20 epochs (1000 inference steps for validation and test, the paper's)
 "$PY" -m noprop bench reproduce --methods ct,fm --epochs 20 "${common[@]}" --out "$OUT/ct-fm"
 redraw
-# 3. NoProp-DT, interleaved order (every block steps on every mini-batch), sequential
-"$PY" -m noprop bench reproduce --methods dt --order interleaved --epochs 10 "${common[@]}" \
-  --out "$OUT/dt-interleaved"
-redraw
-# 4. NoProp-DT, Algorithm 1, block-parallel on 2 ranks (one core each): torchrun, not a grid
+chains "$OUT"/ct-fm/cells/ct-one-hot-s0 "$OUT"/ct-fm/cells/fm-one-hot-s0
+# 3. NoProp-DT, Algorithm 1, block-parallel on 2 ranks (one core each): torchrun, not a grid. Its model
+#    is the DT of the inference-compute figure (the same method as step 1's; only the layout differs).
 run="$OUT/dt-blocks2"
 if [[ ! -f "$run/summary.json" ]]; then
   if [[ -f "$run/config.json" ]]; then where=(--resume "$run"); else where=(--out "$run"); fi
@@ -45,11 +55,13 @@ if [[ ! -f "$run/summary.json" ]]; then
     --parallel blocks --dataset mnist --data-dir "$DATA" --epochs 10 --test-curve "${where[@]}"
 fi
 redraw
-# 5. More compute at inference on the same trained models (BENCHMARKS.md, "averaging N stochastic
-#    chains"): test accuracy and seconds for 1, 4, 16 chains and the deterministic chain, then the
-#    figure and table of accuracy vs inference compute
-for cell in "$OUT"/paper/cells/dt-one-hot-s0 "$OUT"/ct-fm/cells/ct-one-hot-s0 "$OUT"/ct-fm/cells/fm-one-hot-s0; do
-  if [[ ! -f "$cell/eval_chains.json" ]]; then "$PY" -m noprop eval "$cell" --chains 1,4,16; fi
+chains "$run"
+figure=()
+for cell in "$run" "$OUT"/ct-fm/cells/ct-one-hot-s0 "$OUT"/ct-fm/cells/fm-one-hot-s0; do
+  if [[ -f "$cell/eval_chains.json" ]]; then figure+=("$cell"); fi
 done
-"$PY" experiments/chains_figure.py "$OUT"/paper/cells/dt-one-hot-s0 "$OUT"/ct-fm/cells/ct-one-hot-s0 \
-  "$OUT"/ct-fm/cells/fm-one-hot-s0 --out "$OUT/figures/chains"
+if (( ${#figure[@]} )); then "$PY" experiments/chains_figure.py "${figure[@]}" --out "$OUT/figures/chains"; fi
+# 4. NoProp-DT, interleaved order (every block steps on every mini-batch), sequential
+"$PY" -m noprop bench reproduce --methods dt --order interleaved --epochs 10 "${common[@]}" \
+  --out "$OUT/dt-interleaved"
+redraw

@@ -473,3 +473,33 @@ def test_fit_temperatures_finds_an_overconfident_model_and_never_hurts_the_fitte
             m.head.f_out.weight.div_(scale)
             m.head.f_out.bias.div_(scale)
     assert taus[30.0] > taus[1.0]
+
+
+@pytest.mark.parametrize("name", ["dt", "backprop"])
+def test_scores_with_trajectory_are_the_separate_passes_with_one_deterministic_chain(
+    name, one_thread, monkeypatch
+):
+    """``lm compare`` takes the test scores and the trajectory from one pass: the same numbers as
+    :func:`test_scores` and :func:`trajectory` called apart, with the deterministic chain run once
+    per batch instead of twice (issue 11 follow-up)."""
+    from noprop.runs.language import test_scores, trajectory
+
+    m, _, _ = _method(name, T=2)
+    _generic(m)
+    x, y = _bytes(6, L, seed=3), _bytes(6, L, seed=4).long()
+    both = test_scores(m, x, y, chains=2, seed=0, batch=4, with_trajectory=True)
+    apart = test_scores(m, x, y, chains=2, seed=0, batch=4)
+    traj = both.pop("trajectory")
+    assert both == apart
+    expected = trajectory(m, x, y, batch=4)
+    assert [r["depth"] for r in traj] == [r["depth"] for r in expected]
+    for got, want in zip(traj, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    if name == "dt":
+        calls = []
+        chain = type(m).chain
+        monkeypatch.setattr(
+            type(m), "chain", lambda self, x, **kw: calls.append(kw) or chain(self, x, **kw)
+        )
+        test_scores(m, x, y, chains=2, seed=0, batch=4, with_trajectory=True)
+        assert sum(kw.get("deterministic", False) for kw in calls) == 2  # 2 batches, once each

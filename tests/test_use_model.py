@@ -279,8 +279,11 @@ def test_eval_chains_prints_accuracy_and_seconds_per_chain_count(run, capsys):
     assert main(["eval", str(run), "--chains", "1,4"]) == 0
     printed = capsys.readouterr().out
     assert "deterministic" in printed and "eval_chains.json" in printed
-    rows = json.loads((run / "eval_chains.json").read_text())["rows"]
+    written = json.loads((run / "eval_chains.json").read_text())
+    rows = written["rows"]
     assert [r["chains"] for r in rows] == [0, 1, 4]
+    # the FLOPs of one chain travel with the result (the figure reads them without a checkpoint)
+    assert written["gflop_per_chain_per_image"] > 0 and "other_busy_cores" in written
     assert all(0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0 for r in rows)
     # one chain is `noprop eval`'s stochastic inference (same seed, batches and draws)
     assert (

@@ -68,7 +68,6 @@ from ..runs.language import (
     generate,
     mean_pairwise_cosine,
     test_scores,
-    trajectory,
 )
 from ..tasks import LanguageTask, task_for, unigram_bits
 from ..training.trainer import Trainer
@@ -436,8 +435,9 @@ def _evaluate(ns, out: Path, plan, training, device, progress) -> dict[str, Any]
             xv, yv = xv[: ns.eval_windows], yv[: ns.eval_windows]
         kw = {"chains": ns.chains, "seed": ns.seed, "progress": progress}
         temps = fit_temperatures(method, xv, yv, **kw)  # validation only
-        report["runs"][name]["test"] = test_scores(method, x, y, temperatures=temps, **kw)
-        report["trajectory"][name] = trajectory(method, x, y, progress=progress)
+        test = test_scores(method, x, y, temperatures=temps, with_trajectory=True, **kw)
+        report["trajectory"][name] = test.pop("trajectory")  # same pass: one deterministic chain
+        report["runs"][name]["test"] = test
         vectors = method.lm.unembedding if name == "backprop" else method.embedding.weight  # type: ignore[union-attr]
         report["runs"][name]["output_vectors_mean_pairwise_cosine"] = mean_pairwise_cosine(vectors)
         if name == "noprop":

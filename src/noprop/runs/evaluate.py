@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import RunConfig
 from ..data import DataSplits
@@ -15,6 +16,7 @@ from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
 from ..methods import Method
 from ..rundir import RunDir
+from ..runtime import load_meter
 from ..tasks import Task
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import evaluate
@@ -118,6 +120,19 @@ def evaluate_run(
     return out
 
 
+def _gflop_per_chain(method: Method, x: torch.Tensor, images: int = 8) -> float:
+    """GFLOP of one stochastic chain per image (``torch.utils.flop_counter``, the method's default
+    inference on a few test images), stored with the result so the figure needs no checkpoint."""
+    sample = x[:images].to(next(method.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        method.predict_steps(sample, deterministic=False)
+    return round(counter.get_total_flops() / sample.shape[0] / 1e9, 6)
+
+
+def _rounded(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
 def evaluate_chains(
     run_dir: str | Path,
     chains: list[int],
@@ -136,7 +151,8 @@ def evaluate_chains(
     if compile:
         compile_for_inference(model.method, model.config.train.eval_batch_size)
     x, y = data.test
-    rows = []
+    gflop = _gflop_per_chain(model.method, x)
+    rows, other_busy = [], load_meter()
     for n in [0, *chains]:
         start = time.perf_counter()
         probs = model.predict_proba(x, chains=max(n, 1), deterministic=n == 0, seed=seed)
@@ -148,7 +164,9 @@ def evaluate_chains(
     RunDir(run_dir).write_eval_chains(
         {
             "device": str(model.device),
+            "gflop_per_chain_per_image": gflop,
             "num_test": int(x.shape[0]),
+            "other_busy_cores": _rounded(other_busy()),
             "rows": rows,
             "seed": model.config.train.seed if seed is None else seed,
         }  # fmt: skip

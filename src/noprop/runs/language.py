@@ -107,22 +107,39 @@ TEMPERATURES = torch.logspace(math.log10(0.25), math.log10(64.0), 49, dtype=torc
 
 
 def _readouts(
-    method: Method, x: Tensor, y: Tensor, *, chains: int, batch: int, desc: str, progress: bool
-) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-    """(y batch, {inference mode: final read-out logits}) per batch. Modes: back-prop ``output``
-    (B, L, 256); NoProp ``deterministic`` and ``one_chain`` (B, L, 256), ``mixture`` (S, B, L, 256)."""
+    method: Method,
+    x: Tensor,
+    y: Tensor,
+    *,
+    chains: int,
+    batch: int,
+    desc: str,
+    progress: bool,
+    keep_states: bool = False,
+) -> Iterator[tuple[Tensor, dict[str, Tensor], list[Tensor] | None]]:
+    """(y batch, {inference mode: final read-out logits}, states) per batch. Modes: back-prop
+    ``output`` (B, L, 256); NoProp ``deterministic`` and ``one_chain`` (B, L, 256), ``mixture``
+    (S, B, L, 256). With ``keep_states`` also the states the trajectory reads (the residual stream
+    h_0..h_n, or z_0..z_T of the deterministic chain), from the same pass as the read-out: the
+    deterministic chain is run once per batch, not once for the scores and again for the trajectory."""
     for xb, yb in _batches(x, y, batch, desc, progress):
         if isinstance(method, TransformerBackprop):
-            yield yb, {"output": method.lm(xb)}
+            if keep_states:
+                states = method.lm.residual_stream(xb)
+                yield yb, {"output": method.lm.lens(states[-1])}, states
+            else:
+                yield yb, {"output": method.lm(xb)}, None
             continue
         assert isinstance(method, NoPropDT)
         W = method.embedding.weight
-        det = method.head(method.chain(xb, deterministic=True)[-1], W)
+        zs = method.chain(xb, deterministic=True)  # no noise drawn: the seed's draws are unchanged
+        det = method.head(zs[-1], W)
         B = xb.shape[0]
         xs = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain s holds rows s·B .. s·B + B − 1
         logits = method.head(method.chain(xs, deterministic=False)[-1], W)
         logits = logits.view(chains, B, *logits.shape[1:])
-        yield yb, {"deterministic": det, "one_chain": logits[0], "mixture": logits}
+        modes = {"deterministic": det, "one_chain": logits[0], "mixture": logits}
+        yield yb, modes, zs if keep_states else None
 
 
 def _mode_bits(mode: str, logits: Tensor, y: Tensor) -> Tensor:
@@ -162,8 +179,8 @@ def fit_temperatures(
     sums: dict[str, Tensor] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for yb, modes in _readouts(method, x, y, chains=chains, batch=batch,
-                                   desc="fitting temperatures (validation)", progress=progress):  # fmt: skip
+        for yb, modes, _ in _readouts(method, x, y, chains=chains, batch=batch,
+                                      desc="fitting temperatures (validation)", progress=progress):  # fmt: skip
             for mode, logits in modes.items():
                 row = torch.stack(
                     [_mode_bits(mode, logits / tau, yb).double().sum() for tau in TEMPERATURES]
@@ -183,19 +200,24 @@ def test_scores(
     seed: int = 0,
     progress: bool = False,
     temperatures: dict[str, float] | None = None,
+    with_trajectory: bool = False,
 ) -> dict[str, Any]:
     """Bits per byte and accuracy on windows (x, y) of shape (N, L) (module docstring); with
-    ``temperatures`` (from :func:`fit_temperatures` on validation) also the calibrated bits."""
+    ``temperatures`` (from :func:`fit_temperatures` on validation) also the calibrated bits; with
+    ``with_trajectory`` also ``"trajectory"``, :func:`trajectory`'s rows from the same pass."""
     _check_chains(method, chains)
     method.eval()
     n = y.numel()
     bits_sum: dict[str, float] = {}
     cal_sum: dict[str, float] = {}
     hits: dict[str, float] = {}
+    sums: list[_Sums] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for yb, modes in _readouts(method, x, y, chains=chains, batch=batch, desc="test",
-                                   progress=progress):  # fmt: skip
+        for yb, modes, states in _readouts(method, x, y, chains=chains, batch=batch, desc="test",
+                                           progress=progress, keep_states=with_trajectory):  # fmt: skip
+            if states is not None:
+                sums = _add_trajectory(method, states, yb, sums)
             for mode, logits in modes.items():
                 bits_sum[mode] = bits_sum.get(mode, 0.0) + float(
                     _mode_bits(mode, logits, yb).double().sum()
@@ -217,9 +239,26 @@ def test_scores(
         }
         for mode in bits_sum
     }
+    traj = {"trajectory": [{"depth": i, **t.row(n)} for i, t in enumerate(sums)]} if sums else {}
     if "output" in rows:
-        return rows["output"]
-    return {**rows.pop("mixture"), "chains": chains, **rows}
+        return {**rows["output"], **traj}
+    return {**rows.pop("mixture"), "chains": chains, **rows, **traj}
+
+
+def _add_trajectory(
+    method: Method, states: list[Tensor], y: Tensor, sums: list[_Sums]
+) -> list[_Sums]:
+    """Add one batch's states (h_0..h_n or z_0..z_T) to the per-depth sums of :func:`trajectory`."""
+    if isinstance(method, TransformerBackprop):
+        vectors, read = method.lm.unembedding, method.lm.lens
+    else:
+        assert isinstance(method, NoPropDT)
+        W = vectors = method.embedding.weight
+        read = lambda z: method.head(z, W)  # noqa: E731
+    sums = sums or [_Sums() for _ in states]
+    for s, h in zip(sums, states, strict=True):
+        s.add(read(h), y, h, vectors)
+    return sums
 
 
 @torch.no_grad()
@@ -230,22 +269,15 @@ def trajectory(
     _check(method)
     method.eval()
     n = y.numel()
-    rows: list[_Sums] = []
+    sums: list[_Sums] = []
     for xb, yb in _batches(x, y, batch, "trajectory", progress):
         if isinstance(method, TransformerBackprop):
-            vectors = method.lm.unembedding
             states = method.lm.residual_stream(xb)
-            readouts = [method.lm.lens(h) for h in states]
         else:
             assert isinstance(method, NoPropDT)
-            vectors = W = method.embedding.weight
             states = method.chain(xb, deterministic=True)
-            readouts = [method.head(z, W) for z in states]
-        if not rows:
-            rows = [_Sums() for _ in states]
-        for s, h, logits in zip(rows, states, readouts, strict=True):
-            s.add(logits, yb, h, vectors)
-    return [{"depth": i, **s.row(n)} for i, s in enumerate(rows)]
+        sums = _add_trajectory(method, states, yb, sums)
+    return [{"depth": i, **s.row(n)} for i, s in enumerate(sums)]
 
 
 @torch.no_grad()
