@@ -39,7 +39,8 @@ def test_old_run_resumes_as_before(tmp_path, one_thread):
     total = sum(
         float(v.double().abs().sum()) for _, v in sorted(model.items()) if v.is_floating_point()
     )
-    assert total == EXPECTED["resumed_model_abs_sum"]
+    # equal on the recording CPU; another CPU's kernels round differently (AMD EPYC: 4e-7 relative)
+    assert total == pytest.approx(EXPECTED["resumed_model_abs_sum"], rel=1e-5)
     assert [
         r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
     ] == [1, 2]

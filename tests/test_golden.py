@@ -25,7 +25,11 @@ EXTRA = {
     "fm": {"inference_steps": 6, "t_samples": 2},
     "adjoint": {"inference_steps": 6, "adjoint_steps": 4},
 }
-TOL = {"torch.float32": 1e-6, "torch.float64": 1e-10}
+#: Across CPUs, not within one: the numbers were recorded on an Intel Xeon; on an AMD EPYC (AVX512
+#: kernels, 2026-12-02) six Adam steps moved float32 results by up to 1.3e-3 (relative) and float64
+#: ones by up to 2.2e-7 (the learned/prototype embeddings start from float32 statistics). A change to
+#: a loss, a coefficient or a sampler moves them by 1e-2 or more.
+TOL = {"torch.float32": 5e-3, "torch.float64": 1e-6}
 
 
 def run_case(method: str, embedding: str, dtype: torch.dtype) -> dict:
