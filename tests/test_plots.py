@@ -79,6 +79,25 @@ def test_plot_skips_missing_sweep_and_expands_bench_dirs(runs, tmp_path):
     _check_pngs(p for p in written if p.suffix == ".png")
 
 
+def test_cells_of_two_tables_are_labelled_by_their_table(runs, tmp_path):
+    from noprop.plots import plot_runs
+
+    _, fm = runs
+    for table in ("paper", "interleaved"):
+        (tmp_path / table / "cells").mkdir(parents=True)
+        (tmp_path / table / "cells" / "fm-onehot").symlink_to(fm, target_is_directory=True)
+    written = plot_runs([tmp_path / "paper", tmp_path / "interleaved", fm], tmp_path / "figs")
+    names = {p.name for p in written}
+    assert {"per_step-paper.fm-onehot.png", "per_step-interleaved.fm-onehot.png"} <= names
+    assert "per_step-fm-onehot.png" in names  # the run outside a table keeps its own name
+    rows = json.loads((tmp_path / "figs" / "time_to_accuracy.json").read_text())
+    assert [r["run"] for r in rows["rows"]] == [
+        "paper.fm-onehot",
+        "interleaved.fm-onehot",
+        "fm-onehot",
+    ]
+
+
 def test_plot_errors(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run directory" in capsys.readouterr().err

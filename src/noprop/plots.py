@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,16 +97,34 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def load_infos(run_dirs: list[Path]) -> list[RunInfo]:
-    """Everything the figures need from each run, read through :class:`~noprop.rundir.RunDir`."""
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "run"
+
+
+def _run_names(run_dirs: list[Path]) -> list[str]:
+    """One distinct, file-name-safe label per run (legends and figure file names).
+
+    A label is the directory's name. Two ``bench reproduce`` tables hold the same cell
+    names (``dt-one-hot-s0``), so colliding cells are labelled ``<table>.<cell>`` after
+    the reproduce directory that holds them; a numeric suffix settles what is left.
+    """
+    bases = [_safe(p.resolve().name) for p in run_dirs]
     names: list[str] = []
-    infos = []
-    for p in run_dirs:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.resolve().name) or "run"
+    for p, base in zip(run_dirs, bases, strict=True):
+        parent = Path(os.path.normpath(p.absolute())).parent  # a symlinked cell keeps its table
+        if bases.count(base) > 1 and parent.name == CELLS:
+            base = f"{_safe(parent.parent.name)}.{base}"
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
         names.append(name)
+    return names
+
+
+def load_infos(run_dirs: list[Path]) -> list[RunInfo]:
+    """Everything the figures need from each run, read through :class:`~noprop.rundir.RunDir`."""
+    infos = []
+    for p, name in zip(run_dirs, _run_names(run_dirs), strict=True):
         rd = RunDir(p)
         infos.append(
             RunInfo(
