@@ -50,10 +50,7 @@ def main() -> int:
             print(f"{method} round {r + 1}: A {a[-1]:.2f}  B {b[-1]:.2f} block-steps/s", flush=True)
         ma, mb = statistics.median(a), statistics.median(b)
         result[method] = {"a": a, "b": b, "median_a": ma, "median_b": mb, "ratio_b_over_a": mb / ma}
-        print(
-            f"{method}: median A {ma:.2f}, B {mb:.2f} block-steps/s, B/A = {mb / ma:.3f}",
-            flush=True,
-        )
+        print(f"{method}: median A {ma:.2f}, B {mb:.2f} block-steps/s, B/A = {mb / ma:.3f}", flush=True)
     print(json.dumps(result))
     return 0
 

@@ -81,11 +81,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },  # fmt: skip
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},  # fmt: skip
         "test_images": 10000,
         "rows": rows,
     }

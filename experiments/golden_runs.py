@@ -21,14 +21,8 @@ RUNS = {
     **{f"{m}-2ep": ["--method", m, "--epochs", "2"] for m in ("dt", "backprop", "ct", "fm")},
     "adjoint-2ep": ["--method", "adjoint", "--epochs", "2", "--adjoint-steps", "20"],
 }
-KEYS = (
-    "val_accuracy",
-    "test_accuracy",
-    "test_accuracy_deterministic",
-    "test_accuracy_per_step",
-    "best_epoch",
-    "params_per_block",
-)
+KEYS = ("val_accuracy", "test_accuracy", "test_accuracy_deterministic", "test_accuracy_per_step",
+        "best_epoch", "params_per_block")
 
 
 def run_all() -> dict[str, dict]:
@@ -36,29 +30,12 @@ def run_all() -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in RUNS.items():
             run = Path(tmp) / name
-            cmd = [
-                sys.executable,
-                "-m",
-                "noprop",
-                "train",
-                "--out",
-                str(run),
-                "--no-progress",
-                "--device",
-                "cpu",
-                "--threads",
-                "2",
-                *flags,
-            ]
+            cmd = [sys.executable, "-m", "noprop", "train", "--out", str(run), "--no-progress",
+                   "--device", "cpu", "--threads", "2", *flags]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             summary = json.loads((run / "summary.json").read_text())
             out[name] = {k: summary[k] for k in KEYS}
-            print(
-                name,
-                out[name]["test_accuracy"],
-                out[name]["test_accuracy_deterministic"],
-                flush=True,
-            )
+            print(name, out[name]["test_accuracy"], out[name]["test_accuracy_deterministic"], flush=True)
     return out
 
 

@@ -34,9 +34,7 @@ def one(env_extra: dict[str, str], args: argparse.Namespace) -> tuple[float, flo
         cmd = [sys.executable, "-m", "noprop", "bench", "efficiency", "--dataset", "mnist",
                "--data-dir", args.data_dir, "--methods", "dt", "--max-batches", str(args.max_batches),
                "--background-load", "1", "--background-seconds", "300", "--out", str(out)]  # fmt: skip
-        subprocess.run(
-            cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = json.loads(out.read_text())["methods"]["dt"]
         return r["train_samples_per_s"], r["loaded"]["train_samples_per_s"]
 
@@ -54,10 +52,7 @@ def main() -> int:
         for n in names:
             rows[n].append(one(SETTINGS[n], args))
             q, lo = rows[n][-1]
-            print(
-                f"round {r + 1} {n:<9} quiet {q:7.1f}  loaded {lo:7.1f}  ratio {lo / q:.2f}",
-                flush=True,
-            )
+            print(f"round {r + 1} {n:<9} quiet {q:7.1f}  loaded {lo:7.1f}  ratio {lo / q:.2f}", flush=True)
     summary = {}
     for n, vals in rows.items():
         q = statistics.median(v[0] for v in vals)
