@@ -10,7 +10,7 @@ from .build import build_method
 from .config import MethodConfig, RunConfig, make_config
 from .data import load_dataset
 from .errors import NoPropError
-from .methods import METHODS, Backprop, Method, NoPropCT, NoPropDT, NoPropFM
+from .methods import METHODS, Backprop, DiffusionBlocks, Method, NoPropCT, NoPropDT, NoPropFM
 from .rundir import RunDir
 from .runs import TrainedModel, evaluate_run, export, load, load_run, train
 from .schedules import CosineSchedule, DiscreteSchedule
@@ -23,6 +23,7 @@ __all__ = [
     "TASKS",
     "Backprop",
     "CosineSchedule",
+    "DiffusionBlocks",
     "DiscreteSchedule",
     "Method",
     "MethodConfig",

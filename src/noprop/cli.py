@@ -28,6 +28,7 @@ from .runs import evaluate_chains, evaluate_run, sweep_steps, train
 from .runs.inputs import check_predictions_path, read_inputs, write_predictions
 from .runs.listing import describe, find_runs, format_rows
 from .runs.model import export, load
+from .runs.sweep import STEP_METHODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -218,9 +219,9 @@ def _eval_steps(ns: argparse.Namespace) -> int:
         raise NoPropError(f"--steps must be positive integers (got {ns.steps})")
     if ns.solver is None:  # the run's own inference solver (CT: ancestral; FM/adjoint: euler)
         cfg = RunDir(ns.run_dir).config()
-        if not cfg.method.cls.continuous_time:
+        if not cfg.method.cls.solvers:
             raise NoPropError(
-                f"--steps/--solver apply to the continuous-time methods ct, fm and adjoint; "
+                f"--steps/--solver apply to the methods with an inference solver ({STEP_METHODS}); "
                 f"{ns.run_dir} is a {cfg.method.method} run"
             )
         ns.solver = cfg.options.solver  # type: ignore[attr-defined]

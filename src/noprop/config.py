@@ -161,6 +161,16 @@ class RunConfig:
                 "--offload-blocks is for one process (--parallel none); under --parallel "
                 f"{parallel} every rank already holds only its own blocks' work"
             )
+        if self.train.order == "random" and parallel in ("blocks", "fused"):
+            raise ConfigError(
+                f"--order random draws one block per batch in one process; under --parallel "
+                f"{parallel} every block trains on every batch: use --order blocks or interleaved"
+            )
+        if self.train.order == "random" and self.train.lr_schedule != "constant":
+            raise ConfigError(
+                "--lr-schedule cosine counts each block's steps over whole passes; with --order "
+                "random a block's step count is random: use --lr-schedule constant"
+            )
         if parallel == "fused" and self.train.lr_schedule != "constant":
             raise ConfigError(
                 "--parallel fused keeps its own stacked optimiser; use --lr-schedule constant"

@@ -11,11 +11,12 @@ from .adjoint import Adjoint, AdjointConfig
 from .backprop import Backprop, BackpropConfig
 from .base import BuildContext, ContinuousTimeMethod, Method, MethodOptions
 from .ct import CTConfig, NoPropCT
+from .diffusionblocks import DiffusionBlocks, DiffusionBlocksConfig
 from .dt import DTConfig, NoPropDT
 from .fm import FMConfig, NoPropFM
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (NoPropDT, Backprop, NoPropCT, NoPropFM, Adjoint)
+    cls.name: cls for cls in (NoPropDT, Backprop, NoPropCT, NoPropFM, Adjoint, DiffusionBlocks)
 }
 
 
@@ -39,6 +40,8 @@ __all__ = [
     "CTConfig",
     "ContinuousTimeMethod",
     "DTConfig",
+    "DiffusionBlocks",
+    "DiffusionBlocksConfig",
     "FMConfig",
     "Method",
     "MethodOptions",

@@ -15,6 +15,12 @@ so both models are causal by construction (tests/test_language.py checks it by p
   LayerNorms (statistics over a (B, L) batch of positions mix the positions of a window) and ReLU
   becomes GELU, as in the transformer layers; the label branch and fusion keep Fig. 6's shape
   (FC→norm→act on z, concatenation, FC→norm→act→FC(m)) at the block's width w.
+* :class:`ContinuousLanguageBlock` — the same block with a noise-level (time) input, û_θ(z, x, t), for
+  the methods whose one network serves a continuum of noise levels (DiffusionBlocks' blocks: t =
+  c_noise). [I] The conditioning is the CT block's (Fig. 6 right): a sinusoidal embedding of t →
+  FC(w) → GELU, a third branch of the fusion. Adaptive LayerNorm in every encoder layer (the authors'
+  ViT) would make the context encoding depend on t, so each inference step would rerun the whole
+  encoder; here the context is encoded once per input and only the fusion sees t.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .ct_blocks import TIME_DIM, sinusoidal_embedding
 
 VOCAB = 256  # byte values
 
@@ -160,6 +168,31 @@ class LanguageBlock(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         return self.fuse(self.encode_x(x), z)
+
+
+class ContinuousLanguageBlock(LanguageBlock):
+    """:class:`LanguageBlock` with a time branch: ``forward(x, z, t) == fuse(encode_x(x), z, t)``.
+
+    t is a scalar (one noise level for every position) or has z's shape without its last dimension
+    (one level per label: (B, L), or (C, B, L) for C chains)."""
+
+    def __init__(self, context: int, width: int, heads: int, layers: int, d: int) -> None:
+        super().__init__(context, width, heads, layers, d)
+        self.time = nn.Sequential(nn.Linear(TIME_DIM, width), nn.GELU())
+        self.fusion[0] = nn.Linear(3 * width, width)
+
+    def fuse(self, h_x: Tensor, z: Tensor, t: Tensor | float) -> Tensor:  # type: ignore[override]
+        t = torch.as_tensor(t, device=z.device)
+        if t.dim() == 0:  # one level for the whole batch: embed once, broadcast
+            h_t = self.time(sinusoidal_embedding(t.reshape(1))).expand(*z.shape[:-1], -1)
+        else:
+            h_t = self.time(sinusoidal_embedding(t.expand(z.shape[:-1])))
+        if z.dim() > h_x.dim():  # several chains (C, B, L, d) share one encoded context
+            h_x = h_x.expand(*z.shape[:-1], h_x.shape[-1])
+        return self.fusion(torch.cat([h_x, self.label(z), h_t], dim=-1))
+
+    def forward(self, x: Tensor, z: Tensor, t: Tensor | float) -> Tensor:  # type: ignore[override]
+        return self.fuse(self.encode_x(x), z, t)
 
 
 def embedding_parameters(module: nn.Module) -> int:

@@ -22,14 +22,17 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..methods.base import ContinuousTimeMethod
+from ..methods import METHODS, Method
 from ..rundir import RunDir
 from ..solvers import check_solver
 from ..training.trainer import evaluate
 from .evaluate import compile_for_inference, load_run_with_task
 
+#: the methods whose inference has a step count and a solver (``noprop eval --steps``)
+STEP_METHODS = ", ".join(name for name, cls in METHODS.items() if cls.solvers)
 
-def _check_grid(method: ContinuousTimeMethod, steps: list[int], solvers: list[str]) -> None:
+
+def _check_grid(method: Method, steps: list[int], solvers: list[str]) -> None:
     if not steps or not solvers:
         raise ConfigError("--steps and --solver each need at least one value")
     for n in steps:
@@ -67,9 +70,9 @@ def sweep_steps(
         ConfigError: a discrete-time run (dt, backprop), or bad steps/solver values.
     """
     method, cfg, task, data, dev = load_run_with_task(run_dir, device)
-    if not isinstance(method, ContinuousTimeMethod):
+    if not method.solvers:
         raise ConfigError(
-            f"--steps/--solver apply to the continuous-time methods ct, fm and adjoint; "
+            f"--steps/--solver apply to the methods with an inference solver ({STEP_METHODS}); "
             f"{run_dir} is a {cfg.method.method} run"
         )
     if compile:

@@ -25,7 +25,7 @@ from ..data import DataConfig, DataSplits
 from ..data.text import TextCorpus, load_text
 from ..errors import ConfigError
 from ..models.config import TEXT_EMBED_DIM, ModelConfig
-from ..models.transformer import VOCAB, LanguageBlock
+from ..models.transformer import VOCAB, ContinuousLanguageBlock, LanguageBlock
 from .base import BlockFamily, Task
 
 __all__ = ["LanguageTask", "bits", "mixture_bits", "unigram_bits", "windows"]
@@ -122,11 +122,10 @@ class LanguageTask(Task):
             raise ConfigError(f"--width {model.width} must be a multiple of --heads {model.heads}")
 
     def build_block(self, family: BlockFamily, model: ModelConfig, d: int) -> nn.Module:
-        if family != "discrete":
-            raise ConfigError("text tasks support the discrete-time methods (dt, backprop) only")
         if model.block not in ("auto", "transformer"):
             raise ConfigError(f"--block {model.block} is an image block; text uses transformer")
-        return LanguageBlock(self.context, model.width, model.heads, model.block_layers, d)
+        cls = LanguageBlock if family == "discrete" else ContinuousLanguageBlock
+        return cls(self.context, model.width, model.heads, model.block_layers, d)
 
     def eval_batch_size(self, requested: int) -> int:
         """Windows per inference batch: a window is L positions, each with S × 256 read-out logits."""

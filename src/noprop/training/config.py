@@ -9,7 +9,7 @@ from ..device import check_device
 from ..options import at_least, check_choices, non_negative, positive
 
 Optimizer = Literal["auto", "adamw", "adam"]
-Order = Literal["blocks", "interleaved"]
+Order = Literal["blocks", "interleaved", "random"]
 LRSchedule = Literal["constant", "cosine"]
 # --parallel (parallel/): none, block-parallel DT under torchrun, the fused vmap step of DT (one
 # process), data parallelism under torchrun (every method)
@@ -32,7 +32,8 @@ class TrainConfig:
     optimizer: Optimizer = "auto"
     """auto (AdamW for dt/backprop/adjoint, Adam for ct/fm), adamw, adam"""
     order: Order = "blocks"
-    """blocks (Algorithm 1: blocks outer, batches inner) or interleaved"""
+    """blocks (Algorithm 1: blocks outer, batches inner), interleaved (every block on each batch) or
+    random (one block drawn per batch: DiffusionBlocks' order; an epoch is one pass in all)"""
     seed: int = 0
     """seed of the model, the validation split, the shuffles and the noise"""
     device: str = "auto"

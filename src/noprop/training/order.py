@@ -6,6 +6,9 @@ An order yields :class:`Step` s — (units, batch indices) — for one epoch:
   shuffled training set. One DT epoch is therefore T passes over the data.
 * :class:`Interleaved` (``--order interleaved``): for each mini-batch, one step of every unit in turn;
   with ``fused=True`` one step of all units at once (``--parallel fused``).
+* :class:`RandomBlock` (``--order random``): for each mini-batch, one step of one unit drawn uniformly
+  (DiffusionBlocks' authors' order). One epoch is one pass over the data in all; each unit sees about
+  1/U of it, so U epochs of it match one epoch of the other orders in steps per unit.
 * Block-parallel ranks use a placement-aware order (:mod:`noprop.parallel.blocks`).
 
 Randomness: before each (epoch, unit) pass the global torch RNG is seeded from (seed, epoch, unit), and
@@ -88,3 +91,25 @@ class Interleaved:
     def num_steps(self, n: int) -> int:
         per_batch = 1 if self.fused else len(self.units)
         return math.ceil(n / self.batch_size) * per_batch
+
+
+class RandomBlock:
+    """One unit drawn uniformly per mini-batch (``--order random``).
+
+    The draws come from their own generator, seeded from (seed, epoch) like the shuffle, so an epoch
+    is reproducible on its own (exact resume) and the noise draws are the interleaved pass's."""
+
+    #: passes over the training data per epoch, all units together (the other orders: one per unit)
+    passes_per_epoch = 1.0
+
+    def __init__(self, units: Sequence[int], batch_size: int, seed: int) -> None:
+        self.units, self.batch_size, self.seed = list(units), batch_size, seed
+
+    def __call__(self, n: int, epoch: int) -> Iterator[Step]:
+        pick = torch.Generator().manual_seed(derive_seed(self.seed, epoch, -3))
+        for idx in seeded_batches(n, self.batch_size, derive_seed(self.seed, epoch, -1)):
+            unit = self.units[int(torch.randint(len(self.units), (), generator=pick))]
+            yield Step((unit,), idx)
+
+    def num_steps(self, n: int) -> int:
+        return math.ceil(n / self.batch_size)

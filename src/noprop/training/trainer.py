@@ -26,7 +26,7 @@ from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
 from .callbacks import Callback, Losses
 from .config import TrainConfig
-from .order import Algorithm1, Interleaved, Step, derive_seed
+from .order import Algorithm1, Interleaved, RandomBlock, Step, derive_seed
 from .steps import LocalStep, Optimizers, Parts, StepFunction
 
 #: evaluator(trainer, x, y, deterministic=..., seed=..., validation=...) → {"accuracy", "accuracy_per_step"}
@@ -44,9 +44,9 @@ class TrainState:
     best_epoch: int = 0
 
 
-def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved:
-    """``--order blocks`` (Algorithm 1) or ``interleaved`` over all of the method's units."""
-    cls = Algorithm1 if cfg.order == "blocks" else Interleaved
+def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved | RandomBlock:
+    """``--order blocks`` (Algorithm 1), ``interleaved`` or ``random`` over all the method's units."""
+    cls = {"blocks": Algorithm1, "interleaved": Interleaved, "random": RandomBlock}[cfg.order]
     return cls(range(method.num_units), cfg.batch_size, cfg.seed)
 
 
@@ -215,7 +215,8 @@ class Trainer:
         # once per step of the order
         batches = -(-x.shape[0] // cfg.batch_size)
         self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(x.shape[0]))
-        passes_per_epoch = float(self.method.num_units)
+        # every order but --order random passes over the data once per unit
+        passes_per_epoch = getattr(self.order, "passes_per_epoch", float(self.method.num_units))
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             start, load = time.perf_counter(), load_meter()
