@@ -162,7 +162,8 @@ def test_grid_is_equally_spaced_in_cdf_space_and_meets_the_partition():
 def test_each_step_runs_the_block_that_owns_its_sigma(steps, owners):
     assert [block_of_step(k, steps, 3) for k in range(steps + 1)] == owners
     g, grid = NOISE.boundaries(3), NOISE.grid(steps)
-    for k in range(steps):  # a step starts in its block's range, and with N a multiple of B ends there
+    # a step starts in its block's range, and with N a multiple of B it ends there too
+    for k in range(steps):
         b, hi, lo = owners[k], grid[k], grid[k + 1]
         assert g[2 - b] * (1 + 1e-9) < hi <= g[3 - b] * (1 + 1e-9)
         if steps % 3 == 0:
@@ -215,7 +216,9 @@ def test_training_and_inference_use_one_normalised_embedding_table(monkeypatch):
     # inference: a block sure of class k gives D̂ = Ê[k]
     sure = torch.full((5, 4), -1e4)
     sure[:, 3] = 1e4
-    torch.testing.assert_close(method.denoise(torch.zeros(5, 6), sure, torch.tensor(1.0)), E[[3] * 5])
+    torch.testing.assert_close(
+        method.denoise(torch.zeros(5, 6), sure, torch.tensor(1.0)), E[[3] * 5]
+    )
 
 
 # ------------------------------------------------------------------------------- locality
@@ -297,5 +300,7 @@ def test_resume_eval_sweep_export_predict(digits_run, tmp_path, capsys):
         out = tmp_path / f"pred-{src.name}.json"
         assert main(["predict", str(src), str(tmp_path / "x.npy"), "--deterministic", "--out",
                      str(out)]) == 0  # fmt: skip
-    preds = [json.loads((tmp_path / f"pred-{s.name}.json").read_text()) for s in (digits_run, exported)]
+    preds = [
+        json.loads((tmp_path / f"pred-{s.name}.json").read_text()) for s in (digits_run, exported)
+    ]
     assert preds[0] == preds[1]

@@ -4,7 +4,8 @@ tests/golden/golden.json was written by tests/golden/record_v0.py with noprop 0.
 for each case a tiny fixed config (random 8×8 inputs, 4 classes, MLP block, T = 3 for dt/backprop),
 the loss parts of 6 optimiser steps, then the read-out logits of deterministic and (seeded) stochastic
 inference. A change that alters any loss, update or sampler fails here. float32 for every method,
-float64 for dt and backprop (the continuous-time blocks embed t in float32).
+float64 for dt and backprop (the continuous-time blocks embed t in float32). Methods added later
+(DiffusionBlocks) were recorded by tests/golden/record_new.py when they landed (``recorded_with``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ EXTRA = {
     "ct": {"inference_steps": 6, "t_samples": 2},
     "fm": {"inference_steps": 6, "t_samples": 2},
     "adjoint": {"inference_steps": 6, "adjoint_steps": 4},
+    "diffusionblocks": {"T": 3, "inference_steps": 6},
 }
 #: Across CPUs, not within one: the numbers were recorded on an Intel Xeon; on an AMD EPYC (AVX512
 #: kernels, 2026-12-02) six Adam steps moved float32 results by up to 1.3e-3 (relative) and float64

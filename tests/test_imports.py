@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "noprop"
 #: low → high; a module may import its own layer and the layers below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "version", "device", "atomic", "options", "runtime")),
-    ("math", ("schedules", "schedules_ct", "solvers")),
+    ("math", ("schedules", "schedules_ct", "schedules_edm", "solvers")),
     ("models", ("models",)),
     ("data", ("data",)),
     ("tasks", ("tasks",)),

@@ -83,7 +83,11 @@ def _causal_models():
     _generic(bp)
     dt, _, _ = _method("dt", T=2)
     _generic(dt)
+    db, _, _ = _method("diffusionblocks", T=2)
+    _generic(db)
     return {
+        "diffusionblocks-deterministic": ("deterministic", db.eval()),
+        "diffusionblocks-stochastic": ("stochastic", db.eval()),
         "TransformerLM": ("lm", lm),
         "backprop-lens": ("deterministic", bp.eval()),
         "dt-deterministic": ("deterministic", dt.eval()),
@@ -104,7 +108,9 @@ def _leaks(kind: str, model, x: torch.Tensor, j: int) -> tuple[float, bool]:
 
 
 @pytest.mark.parametrize(
-    "name", ["TransformerLM", "backprop-lens", "dt-deterministic", "dt-stochastic"]
+    "name",
+    ["TransformerLM", "backprop-lens", "dt-deterministic", "dt-stochastic"]
+    + ["diffusionblocks-deterministic", "diffusionblocks-stochastic"],
 )
 @pytest.mark.parametrize("j", POSITIONS)
 def test_changing_byte_j_changes_nothing_before_j(causal_models, name, j):
