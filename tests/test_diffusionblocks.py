@@ -304,3 +304,19 @@ def test_resume_eval_sweep_export_predict(digits_run, tmp_path, capsys):
         json.loads((tmp_path / f"pred-{s.name}.json").read_text()) for s in (digits_run, exported)
     ]
     assert preds[0] == preds[1]
+
+
+def test_block_parallel_equals_sequential(tmp_path):
+    """``--parallel blocks`` on 2 ranks (one block each) trains the same blocks as one process."""
+    from tests.test_parallel import _model, _run_torchrun
+
+    args = ["--dataset", "digits", "--max-train-samples", "200", "--block", "mlp", "--seed", "3",
+            "--method", "diffusionblocks", "--T", "2", "--epochs", "1", "--no-progress"]  # fmt: skip
+    par, seq = tmp_path / "par", tmp_path / "seq"
+    _run_torchrun(*args, "--parallel", "blocks", "--out", str(par))
+    torch.set_num_threads(1)
+    assert main(["train", *args, "--threads", "1", "--out", str(seq)]) == 0
+    a, b = _model(seq)["model"], _model(par)["model"]
+    assert a.keys() == b.keys() and any(k.startswith("blocks.1.") for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)

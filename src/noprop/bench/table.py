@@ -133,8 +133,9 @@ def _option_text(options: dict[str, dict[str, Any]], name: str, shown: str) -> s
     """``T 2 (NoProp-DT, Backprop)`` for the methods having ``name`` (grouped by value), or None."""
     by_value: dict[str, list[str]] = {}
     for m, opts in options.items():
-        if name in opts:
-            by_value.setdefault(repr(opts[name]), []).append(method_label(m))
+        if name in opts:  # None: the method's default (DiffusionBlocks: one step per block)
+            value = "default" if opts[name] is None else repr(opts[name])
+            by_value.setdefault(value, []).append(method_label(m))
     if not by_value:
         return None
     return "; ".join(f"{shown} {v} ({', '.join(labels)})" for v, labels in by_value.items())
