@@ -19,7 +19,8 @@ common=(--dataset mnist --data-dir "$DATA" --embeddings one-hot --seeds 0 --test
 
 redraw() {  # the runs that exist so far; a failed redraw never stops the training
   local runs=()
-  for d in "$OUT"/paper/cells/* "$OUT"/ct-fm/cells/* "$OUT"/dt-interleaved/cells/* "$OUT"/dt-blocks2; do
+  for d in "$OUT"/paper/cells/* "$OUT"/ct-fm/cells/* "$OUT"/dt-interleaved/cells/* "$OUT"/dt-blocks2 \
+           "$OUT"/diffusionblocks/cells/*; do
     if [[ -f "$d/config.json" ]]; then runs+=("$d"); fi
   done
   if (( ${#runs[@]} )); then
@@ -65,3 +66,13 @@ if (( ${#figure[@]} )); then "$PY" experiments/chains_figure.py "${figure[@]}" -
 "$PY" -m noprop bench reproduce --methods dt --order interleaved --epochs 10 "${common[@]}" \
   --out "$OUT/dt-interleaved"
 redraw
+# 5. DiffusionBlocks (issue 21): B = 3, the authors' order (one random block per mini-batch), so an
+#    epoch is one block evaluation per image, as for CT and FM: 20 epochs. Then its inference-steps
+#    sweep (Euler steps; N = 3 is the default, one per block) on the selected model.
+"$PY" -m noprop bench reproduce --methods diffusionblocks --order random --epochs 20 "${common[@]}" \
+  --out "$OUT/diffusionblocks"
+redraw
+cell="$OUT/diffusionblocks/cells/diffusionblocks-one-hot-s0"
+if [[ ! -f "$cell/eval_steps.json" && -f "$cell/checkpoint.pt" ]]; then
+  "$PY" -m noprop eval "$cell" --steps 1,2,3,6,12,30,100
+fi

@@ -123,7 +123,7 @@ def test_weighting_is_per_example_or_the_authors_block_mean(monkeypatch, weighti
 
 
 def test_l2_loss_is_the_edm_denoiser(monkeypatch):
-    method, (x, y) = tiny(db_loss="l2", embedding="learned")
+    method, (x, y) = tiny(db_loss="l2", embedding="learned", db_weighting="per-sample")
     sigma = torch.linspace(0.05, 3.0, 16)
     _fixed_sigma(monkeypatch, method, sigma)
     torch.manual_seed(2)
