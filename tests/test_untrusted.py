@@ -83,7 +83,7 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1) * 16, 9)
+    idat = zlib.compress(b"\0" * min((width + 1) * 16, 1 << 20), 9)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
