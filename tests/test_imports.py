@@ -17,7 +17,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "noprop"
 
 #: low → high; a module may import its own layer and the layers below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "version", "device", "atomic", "options", "runtime")),
+    (
+        "base",
+        ("errors", "version", "device", "atomic", "options", "runtime", "limits", "untrusted"),
+    ),
     ("math", ("schedules", "schedules_ct", "schedules_edm", "solvers")),
     ("models", ("models",)),
     ("data", ("data",)),

@@ -16,15 +16,17 @@ every method's options (``None`` meaning "the method's default"), are read as we
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .data import DataConfig
 from .data.text import TEXT_DATASETS
 from .errors import ConfigError
+from .limits import MAX_CONFIG_VALUES, MAX_TOTAL_LAYERS
 from .methods import METHODS, Method, MethodOptions, method_class
 from .models.config import ModelConfig
-from .options import flag
+from .options import flag, resolved_hints, scalar_type
 from .training.config import TrainConfig
 
 #: the method section of a noprop 0.1 ``config.json``: every method's options in one flat section
@@ -74,6 +76,8 @@ class MethodConfig:
     def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
         d = dict(d)
         name = d.pop("method", "dt")
+        if not isinstance(name, str):
+            raise ConfigError(f"config section 'method': method must be a string (got {name!r})")
         method = method_class(name)
         own = {f.name for f in dataclasses.fields(method.Config)}
         if LEGACY_CORE <= set(d) and set(d) - own:
@@ -84,6 +88,7 @@ class MethodConfig:
             raise ConfigError(
                 f"config section 'method' has keys {sorted(unknown)} that --method {name} does not take"
             )
+        check_types("method", method.Config, d)
         return cls(name, method.Config(**d))
 
     def replace(self, **flat: Any) -> MethodConfig:
@@ -123,6 +128,42 @@ def _legacy(name: str, d: dict[str, Any], own: set[str]) -> dict[str, Any]:
     return out
 
 
+def check_types(section: str, cls: type, values: dict[str, Any]) -> None:
+    """Every value has its field's scalar type (an int for a float field, None where optional),
+    so that a hand-edited or hostile config.json fails with one line naming the field, never with
+    a TypeError from deep inside a check or a build."""
+    hints = resolved_hints(cls)
+    for key, value in values.items():
+        hint = hints[key]
+        tp = scalar_type(hint)
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        if isinstance(value, bool) and tp is not bool:
+            ok = False
+        elif tp is float:
+            ok = isinstance(value, (int, float))
+        else:
+            ok = isinstance(value, tp)
+        if not ok:
+            raise ConfigError(
+                f"config section {section!r}: {key} must be {tp.__name__}, as for {flag(key)} "
+                f"(got {repr(value)[:40]})"
+            )
+
+
+def check_limits(flat: dict[str, Any], text: bool) -> None:
+    """The hard limits of :mod:`noprop.limits` (what a config may make noprop allocate)."""
+    for key, most in MAX_CONFIG_VALUES.items():
+        value = flat.get(key)
+        if value is not None and value > most:
+            raise ConfigError(f"{flag(key)} must be <= {most} (got {value}; noprop/limits.py)")
+    layers = flat.get("T", 1) * flat["block_layers"]
+    if text and layers > MAX_TOTAL_LAYERS:
+        raise ConfigError(
+            f"--T × --block-layers must be <= {MAX_TOTAL_LAYERS} (got {layers}; noprop/limits.py)"
+        )
+
+
 SECTION_NAMES = ("data", "model", "method", "train")
 PLAIN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
@@ -136,6 +177,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         text = self.data.dataset in TEXT_DATASETS
+        check_limits(self.flat(), text)
         parallel, cls, name = self.train.parallel, self.method.cls, self.method.method
         task = "language" if text else "classification"
         if task not in cls.tasks:
@@ -200,12 +242,16 @@ class RunConfig:
         if not isinstance(d, dict):
             raise ConfigError("a run config must be a JSON object")
         kwargs: dict[str, Any] = {}
+        for name in SECTION_NAMES:
+            if not isinstance(d.get(name, {}), dict):
+                raise ConfigError(f"config section {name!r} must be a JSON object")
         for name, section_cls in PLAIN_SECTIONS.items():
             values = dict(d.get(name, {}))
             known = {f.name for f in dataclasses.fields(section_cls)}
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"config section {name!r} has unknown keys {sorted(unknown)}")
+            check_types(name, section_cls, values)
             kwargs[name] = section_cls(**values)
         kwargs["method"] = MethodConfig.from_dict(d.get("method", {}))
         return cls(**kwargs)

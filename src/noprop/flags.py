@@ -11,23 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
 from typing import Any
 
 from .config import PLAIN_SECTIONS, method_fields
 from .methods import METHODS
-from .options import choices, field_docs, flag, resolved_hints
-
-
-def scalar_type(tp: Any) -> Any:
-    """int / float / str / bool of an annotation (``X | None`` → X, ``Literal[...]`` → str)."""
-    if choices(tp) is not None:
-        return type(choices(tp)[0])
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return args[0]
-    return tp
+from .options import field_docs, flag, resolved_hints, scalar_type
 
 
 def _add(p: argparse.ArgumentParser, name: str, tp: Any, help_text: str) -> None:

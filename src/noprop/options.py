@@ -15,6 +15,7 @@ import functools
 import inspect
 import math
 import textwrap
+import types
 import typing
 from typing import Any, Literal
 
@@ -63,6 +64,16 @@ def choices(tp: Any) -> tuple[Any, ...] | None:
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg)
     return None
+
+
+def scalar_type(tp: Any) -> Any:
+    """int / float / str / bool of an annotation (``X | None`` → X, ``Literal[...]`` → str)."""
+    if choices(tp) is not None:
+        return type(choices(tp)[0])
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return args[0]
+    return tp
 
 
 def check_choices(obj: Any) -> None:

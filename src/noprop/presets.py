@@ -20,6 +20,7 @@ file option that the resolved method lacks is an error, as a flag would be. Ever
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from typing import Any
 from .config import PLAIN_SECTIONS, SECTION_NAMES, MethodConfig, method_fields
 from .errors import ConfigError
 from .flags import scalar_type
+from .limits import MAX_JSON_BYTES
 from .options import flag, resolved_hints
+from .untrusted import one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,7 +155,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     where = f"config file {path}"
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_JSON_BYTES:  # a config is a few lines
+                raise ConfigError(
+                    f"{where} is larger than {MAX_JSON_BYTES} bytes (noprop/limits.py)"
+                )
             doc = tomllib.load(f)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(f"{where} not found") from None
     except OSError as e:
@@ -161,6 +170,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{where} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where} is not valid TOML: {e}") from None
+    except Exception as e:  # noqa: BLE001 - e.g. RecursionError on deeply nested arrays
+        raise ConfigError(f"cannot read {where}: {one_line(e)}") from None
     types = _field_types()
     section_of = {k: s for s, fields in types.items() for k in fields}
     flat: dict[str, Any] = {}

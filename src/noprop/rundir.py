@@ -26,6 +26,7 @@ from typing import Any
 from .atomic import TMP_MARKER, atomic_write, atomic_write_json
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, NoPropError
+from .untrusted import read_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = (
     "config.json",
@@ -129,10 +130,7 @@ def _read_json(path: Path) -> Any:
     """A JSON file, None if absent; a one-line NoPropError if unreadable."""
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NoPropError(f"cannot read {path}: {e}") from None
+    return read_json(path, NoPropError)
 
 
 class RunDir:
@@ -181,14 +179,16 @@ class RunDir:
             raise CheckpointError(f"{self.path}: no such run directory")
         if not self.is_run():
             raise CheckpointError(f"{self.path} is not a noprop run directory (no {CONFIG})")
-        try:
-            return json.loads(self.config_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {self.config_path}: {e}") from None
+        return read_json(self.config_path, CheckpointError, what="run config")
 
     def config(self) -> RunConfig:
-        """The run's config, typed (noprop 0.1 files are read too, see noprop/config.py)."""
-        return RunConfig.from_dict(self.read_config())
+        """The run's config, typed and within noprop/limits.py (noprop 0.1 files are read too, see
+        noprop/config.py); an error names the file."""
+        d = self.read_config()
+        try:
+            return RunConfig.from_dict(d)
+        except NoPropError as e:
+            raise type(e)(f"{self.config_path}: {e}") from None
 
     def check_writable(self, *, overwrite: bool, config: dict[str, Any]) -> None:
         """Refuse to reuse a directory holding another run (unless ``overwrite``) or an unwritable

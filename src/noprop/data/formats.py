@@ -1,12 +1,13 @@
 """Parsers for the raw data-set file formats, written so that no input can do harm.
 
-Two formats are read:
+Three formats are read:
 
 * **IDX** (MNIST, Fashion-MNIST, KMNIST): a 4-byte big-endian magic number (two zero bytes, a
   type code, the number of dimensions), one big-endian ``uint32`` per dimension, then the
   payload. Only unsigned-byte data is accepted: magic ``0x00000801`` (labels, 1-D) and
   ``0x00000803`` (images, 3-D). Files may be gzip-compressed or not; gzip is recognised by its
   magic bytes, and a file named ``*.gz`` that is not gzip is an error.
+* **.npy** (``noprop predict``'s arrays): NumPy's header, then the payload; numbers only.
 * **CIFAR binary** (the official ``*-binary.tar.gz`` releases): fixed-size records of one label
   byte (CIFAR-10) or a coarse and a fine label byte (CIFAR-100) followed by 3072 pixel bytes
   (red, green, blue planes of 32x32).
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_DECOMPRESSED_BYTES",
     "read_cifar_binary",
     "read_idx",
+    "read_npy",
 ]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -271,3 +273,48 @@ def _check_cifar_size(size: int, record: int, description: str) -> None:
             f"{description}: size {size} bytes is not a multiple of the {record}-byte CIFAR "
             f"record (truncated or wrong file)"
         )
+
+
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a ``.npy`` array of numbers, its header checked before its payload is read.
+
+    Nothing is unpickled: an object array is refused, as is any dtype but bool, integers and
+    floats. The header's shape × item size must equal the bytes after it, so a lying header cannot
+    make us allocate more than the file occupies.
+
+    Raises:
+        DataError: one line naming the file, whatever is wrong with it.
+    """
+    description = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            version = np.lib.format.read_magic(handle)
+            if version not in _NPY_HEADERS:
+                raise DataError(f"{description}: unsupported .npy format version {version}")
+            shape, fortran, dtype = _NPY_HEADERS[version](handle)
+            if dtype.hasobject:
+                raise DataError(
+                    f"{description} holds Python objects (a pickle); refusing to load it"
+                )
+            if dtype.kind not in "biuf" or dtype.fields is not None:
+                raise DataError(f"{description}: a .npy array of {dtype} is not numbers")
+            expected = prod(shape) * dtype.itemsize
+            if size - handle.tell() != expected:
+                raise DataError(
+                    f"{description}: header declares shape {shape} of {dtype} ({expected} bytes) "
+                    f"but {size - handle.tell()} bytes follow; truncated or forged"
+                )
+            array = np.fromfile(handle, dtype=dtype, count=prod(shape))
+        return array.reshape(shape, order="F" if fortran else "C")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure is one line naming the file
+        detail = " ".join(str(exc).split())[:160]
+        raise DataError(f"cannot read {description} as a .npy array: {detail}") from None

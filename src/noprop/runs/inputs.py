@@ -3,7 +3,8 @@
 Inputs: one ``.npy`` array (``allow_pickle=False``; raw uint8 pixels or normalised floats), one IDX
 image file (``.gz`` or raw, as the MNIST files), or PNG/JPEG files and directories of them (sorted by
 name; needs Pillow, the extra ``[image]``), converted to the data set's channels and, with a warning,
-resized to its size. Outputs: ``.csv`` or ``.json`` with one row per input (name, class, class name,
+resized to its size; every file is read within the bounds of noprop/limits.py, and a bad one
+fails the command naming it (SECURITY.md). Outputs: ``.csv`` or ``.json`` with one row per input (name, class, class name,
 probability), written atomically.
 """
 
@@ -19,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..data.formats import read_idx
+from ..data.formats import read_idx, read_npy
+from ..data.images import IMAGE_SUFFIXES, read_images
 from ..errors import ConfigError, DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _warn(message: str) -> None:
@@ -36,10 +36,7 @@ def read_inputs(paths: list[str], in_shape: tuple[int, ...]) -> tuple[np.ndarray
         if not f.exists():
             raise ConfigError(f"{f}: no such file or directory")
     if len(files) == 1 and files[0].is_file() and files[0].suffix == ".npy":
-        try:
-            array = np.load(files[0], allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise ConfigError(f"cannot read {files[0]} as a .npy array: {e}") from None
+        array = read_npy(files[0])
         if array.ndim < 2 or len(array) == 0:
             raise ConfigError(
                 f"{files[0]} holds an array of shape {array.shape}, not a batch of images"
@@ -61,26 +58,13 @@ def read_inputs(paths: list[str], in_shape: tuple[int, ...]) -> tuple[np.ndarray
 
 
 def _read_pictures(paths: list[Path], in_shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        from PIL import Image  # optional dependency (extra "image")
-    except ImportError:
-        raise ConfigError("reading PNG/JPEG needs Pillow: pip install 'noprop[image]'") from None
+    """The images, decoded within noprop/limits.py's bounds; the first bad file fails the command."""
     if len(in_shape) != 3 or in_shape[0] not in (1, 3):
         raise ConfigError(f"this model takes inputs of shape {in_shape}, not images")
     channels, height, width = in_shape
     mode = "L" if channels == 1 else "RGB"
-    out, resized = [], 0
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                img = img.convert(mode)
-                if img.size != (width, height):
-                    resized += 1
-                    img = img.resize((width, height), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
-        except OSError as e:
-            raise ConfigError(f"cannot read image {p}: {e}") from None
-        out.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    arrays, _, resized = read_images(paths, mode, (width, height))
+    out = [a[None] if channels == 1 else a.transpose(2, 0, 1) for a in arrays]
     if resized:
         _warn(
             f"{resized} of {len(paths)} images resized to {width}×{height} ({mode}) for this model"

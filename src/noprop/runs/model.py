@@ -17,7 +17,7 @@ eval mode on the chosen device, with the data set's normalisation, class names a
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..atomic import atomic_write_json
-from ..build import build_method
+from ..build import build_method, check_weights
 from ..config import RunConfig
 from ..data.datasets import SPECS, normalise
 from ..data.text import TEXT_DATASETS
@@ -40,6 +40,7 @@ from ..methods import Method
 from ..rundir import EXPORTED_WEIGHTS, NORMALISATION, RunDir
 from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint
+from ..untrusted import guard, one_line, read_json, safetensors_header
 from .train import check_payload, first_detail, load_data
 
 WEIGHTS = EXPORTED_WEIGHTS
@@ -157,25 +158,35 @@ def _load_weights(method: Method, state: dict[str, Tensor], where: Path) -> None
 
 
 def load(path: str | Path, device: str = "auto") -> TrainedModel:
-    """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``)."""
+    """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``).
+
+    Everything in the directory is untrusted (SECURITY.md): the config is typed and bounded
+    (noprop/limits.py), and the weights' names, shapes and dtypes — the safetensors header, or the
+    weights-only checkpoint's state — are compared with the model the config implies, built on the
+    ``meta`` device, before the model is built for real.
+    """
     path = Path(path)
     dev = pick_device(device)
-    if RunDir(path).is_run() and RunDir(path).config().data.dataset in TEXT_DATASETS:
+    run = RunDir(path)
+    if run.is_run() and run.config().data.dataset in TEXT_DATASETS:
         raise ConfigError(
             f"{path} is a text run: predict, export and eval --chains read image classifiers; "
             "evaluate it with noprop eval RUN (bits per byte) or noprop lm compare"
         )
     if (path / WEIGHTS).is_file():
-        cfg = RunDir(path).config()
+        cfg = run.config()
         task = task_for(cfg.data)
-        info = _read_normalisation(path)
+        info = _read_normalisation(path, task.in_shape)
+        weights = path / WEIGHTS
+        check_weights(cfg, task, safetensors_header(weights, CheckpointError), weights)
         method = _skeleton_method(cfg, task)
-        _load_weights(method, load_file(path / WEIGHTS), path / WEIGHTS)
+        with guard(weights, "safetensors file", CheckpointError):
+            state = load_file(weights)
+        _load_weights(method, state, weights)
     else:
-        run = RunDir(path)
         cfg = run.config()
         payload = load_checkpoint(run.checkpoint_path)
-        check_payload(run, payload, cfg)
+        check_payload(run, payload, cfg)  # also the state's shapes against the config's model
         task, data = load_data(cfg)  # the normalisation is the training split's
         info = Normalisation(data.mean, data.std, SPECS[cfg.data.dataset].max_value)
         method = _skeleton_method(cfg, task)
@@ -185,12 +196,25 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
     return TrainedModel(method, cfg, task, info, dev)
 
 
-def _read_normalisation(path: Path) -> Normalisation:
+def _read_normalisation(path: Path, in_shape: tuple[int, ...]) -> Normalisation:
+    """``normalisation.json``: one finite mean and one std > 0 per channel, a pixel scale > 0."""
+    where = path / NORMALISATION
+    d = read_json(where, CheckpointError, what="normalisation file")
+    channels = in_shape[0] if len(in_shape) == 3 else 1
     try:
-        d = json.loads((path / NORMALISATION).read_text())
-        return Normalisation(tuple(d["mean"]), tuple(d["std"]), float(d["max_value"]))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path / NORMALISATION}: {e}") from None
+        mean = tuple(float(v) for v in d["mean"])
+        std = tuple(float(v) for v in d["std"])
+        max_value = float(d["max_value"])
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"cannot read {where}: {one_line(e)}") from None
+    finite = all(math.isfinite(v) for v in (*mean, *std, max_value))
+    if len(mean) != channels or len(std) != channels or not finite:
+        raise CheckpointError(
+            f"{where}: mean and std must be {channels} finite numbers each (this model's channels)"
+        )
+    if min(std) <= 0 or max_value <= 0:
+        raise CheckpointError(f"{where}: std and max_value must be > 0")
+    return Normalisation(mean, std, max_value)
 
 
 def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..build import build_method
+from ..build import build_method, check_weights, state_shapes
 from ..config import RunConfig
 from ..data import DataSplits
 from ..device import pick_device
@@ -119,6 +119,10 @@ def check_payload(run: RunDir, payload: dict[str, Any], cfg: RunConfig) -> None:
                 f"{path} was written with --{k.replace('_', '-')} {saved.get(k)!r} but "
                 f"{run.config_path} says {v!r}; the checkpoint is incompatible with this config"
             )
+    task = task_for(cfg.data)  # the config is untrusted too: its model must be the weights' model
+    for key in ("model", "best_model"):
+        if key == "model" or state.get(key) is not None:
+            check_weights(cfg, task, state_shapes(state[key], path), path)
 
 
 class RunDirWriter(Callback):
