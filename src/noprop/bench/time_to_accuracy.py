@@ -40,12 +40,14 @@ def variant(cfg: RunConfig, summary: Summary | None) -> str:
     """How the run trained, in words: ``Algorithm 1``/``interleaved``, sequential or parallel."""
     t = cfg.train
     parts = []
-    if cfg.method.method == "dt":
-        parts.append("Algorithm 1" if t.order == "blocks" else "interleaved")
+    blockwise = cfg.method.cls.local_units  # methods with independently trained blocks (dt, ...)
+    if blockwise:
+        parts.append({"blocks": "Algorithm 1", "random": "one random block per batch"}.get(
+            t.order, t.order))  # fmt: skip
     if t.parallel != "none":
         world = summary.world_size if summary is not None else None
         parts.append(f"{t.parallel}-parallel" + (f", {world} ranks" if world and world > 1 else ""))
-    elif cfg.method.method == "dt":
+    elif blockwise:
         parts.append("sequential")
     return ", ".join(parts)
 
