@@ -176,7 +176,7 @@ def test_another_method_drops_the_presets_method_options():
         ("epochs = 3\n[train]\nepochs = 4\n", "epochs is given twice"),
         (
             "method = 'ct'\nT = 4\n",
-            "--method ct has no option T (it applies to --method dt, backprop)",
+            "--method ct has no option T (it applies to --method dt, backprop, diffusionblocks)",
         ),
         ("epochs = [\n", "is not valid TOML"),
     ],

@@ -67,7 +67,8 @@ def sweep_steps(
         One dict per pair, solvers outer and steps inner, as written to ``eval_steps.json``.
 
     Raises:
-        ConfigError: a discrete-time run (dt, backprop), or bad steps/solver values.
+        ConfigError: a run of a method without an inference solver (dt, backprop), or bad
+            steps/solver values.
     """
     method, cfg, task, data, dev = load_run_with_task(run_dir, device)
     if not method.solvers:
