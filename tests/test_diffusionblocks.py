@@ -320,3 +320,20 @@ def test_block_parallel_equals_sequential(tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("blocks.1.") for k in a)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_text_block_reads_the_noise_level_and_encodes_the_context_once():
+    """The NoProp-LM block with a c_noise branch: its logits depend on t, a scalar t equals the same t
+    given per position, several chains share one encoded context, and x is encoded outside fuse."""
+    from noprop.models.transformer import ContinuousLanguageBlock
+
+    torch.manual_seed(0)
+    block = ContinuousLanguageBlock(context=8, width=16, heads=2, layers=1, d=5).eval()
+    x, z = torch.randint(0, 256, (3, 8)), torch.randn(3, 8, 5)
+    h = block.encode_x(x)
+    a = block.fuse(h, z, torch.tensor(-1.0))
+    torch.testing.assert_close(a, block.fuse(h, z, torch.full((3, 8), -1.0)))
+    torch.testing.assert_close(a, block(x, z, -1.0))
+    assert not torch.allclose(a, block.fuse(h, z, torch.tensor(1.0)))
+    chains = block.fuse(h, torch.stack([z, z]), torch.tensor(-1.0))  # (C, B, L, 256)
+    torch.testing.assert_close(chains[1], a)
