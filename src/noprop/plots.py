@@ -313,7 +313,7 @@ def _step_axis(info: RunInfo, n_points: int) -> tuple[list[float], str]:
         if len(idx) == n_points:
             return [float(i) for i in idx], f"inference step (of {n}); t = step / {n}"
         return [i / (n_points - 1) for i in range(n_points)], "time t"
-    return [float(i) for i in range(n_points)], "step t (read-out of z_t; t = 0 is the noise z_0)"
+    return [float(i) for i in range(n_points)], info.config.method.cls.step_axis
 
 
 def plot_per_step(info: RunInfo, path: Path) -> Path | None:

@@ -122,6 +122,8 @@ class Method(nn.Module):
     local_units: ClassVar[bool] = False
     #: the task names (:data:`noprop.tasks.TASKS`) the method can be built for
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: what ``predict_steps``'s read-outs are, as the x-axis of a per-step figure (discrete methods)
+    step_axis: ClassVar[str] = "step t (read-out of z_t; t = 0 is the noise z_0)"
     #: label dimensions per example of the task it was built for (``Task.label_dims``): z has shape
     #: (*x.shape[: 1 + label_dims], d), one noised label embedding per label
     label_dims: int = 0

@@ -95,6 +95,7 @@ class DiffusionBlocks(Method):
     local_units = True
     tasks = ("classification", "language")
     solvers = DB_SOLVERS
+    step_axis = "evaluation k (the owning block's logits at σ_k; k = 0 is σ_max = 80)"
 
     @classmethod
     def from_config(cls, options: DiffusionBlocksConfig, ctx: BuildContext) -> DiffusionBlocks:
