@@ -7,6 +7,7 @@ from typing import Literal
 
 from ..device import check_device
 from ..options import at_least, check_choices, non_negative, positive
+from ..precision import Precision, check_precision
 
 Optimizer = Literal["auto", "adamw", "adam"]
 Order = Literal["blocks", "interleaved", "random"]
@@ -53,6 +54,11 @@ class TrainConfig:
     """seconds a rank waits for the others before the parallel run fails"""
     tensorboard: bool = False
     """write TensorBoard event files to RUN/tensorboard (needs the extra [tb]: pip install noprop[tb])"""
+    precision: Precision = "32"
+    """32 (the paper), bf16-mixed or 16-mixed (Lightning's names): the networks under autocast in
+    bfloat16/float16, float32 weights, optimiser states, schedules and losses; 16-mixed adds loss
+    scaling, one scaler per block (overflowing steps are skipped and counted). Fixed for a run:
+    --resume keeps it"""
     test_curve: bool = False
     """also evaluate the test split after every epoch (default inference) and record test_accuracy in
     metrics.jsonl, for accuracy-vs-time curves; never used for model selection"""
@@ -65,6 +71,7 @@ class TrainConfig:
         non_negative("weight_decay", self.weight_decay)
         at_least("seed", self.seed, 0)
         check_device(self.device)
+        check_precision(self.precision)
         if self.patience is not None:
             at_least("patience", self.patience)
         at_least("eval_batch_size", self.eval_batch_size)

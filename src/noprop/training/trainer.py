@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods.base import Method
+from ..precision import autocast, float32
 from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
 from .callbacks import Callback, Losses
@@ -73,7 +74,7 @@ class Trainer:
         task: Task | None = None,
         progress: bool = True,
         order: Any = None,
-        step: Callable[[Method, Optimizers], StepFunction] | None = None,
+        step: Callable[[Method, Optimizers, str], StepFunction] | None = None,
         callbacks: Sequence[Callback] = (),
         evaluator: Evaluator | None = None,
     ) -> None:
@@ -84,7 +85,7 @@ class Trainer:
         self.progress = progress
         self.opt = Optimizers(self.method, self.cfg)
         self.order = order if order is not None else default_order(self.method, self.cfg)
-        self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt)
+        self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt, self.cfg.precision)
         self.callbacks = list(callbacks)
         self.evaluator = evaluator or Trainer.local_evaluate
         self.state = TrainState()
@@ -179,6 +180,7 @@ class Trainer:
                 trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
                 task=trainer.task, progress=trainer.progress,
                 desc="validation" if validation else "test curve",
+                precision=trainer.cfg.precision,
             )  # fmt: skip
 
     def to_device(self, t: Tensor) -> Tensor:
@@ -236,6 +238,9 @@ class Trainer:
                 "wall_seconds": round(self.state.train_seconds, 3),
                 "data_passes": self.state.data_passes,
             }
+            skipped = self.step_fn.take_skipped()
+            if skipped is not None:  # --precision 16-mixed: overflowing steps skipped per block
+                record["skipped_steps"] = skipped
             if other_busy is not None:  # block-parallel: the other ranks count as "other"
                 record["other_busy_cores"] = round(other_busy, 3)
             if xv.shape[0] > 0:
@@ -308,10 +313,12 @@ def evaluate(
     task: Task | None = None,
     progress: bool = False,
     desc: str = "inference",
+    precision: str = "32",
 ) -> dict[str, Any]:
     """Run inference on (x, y) in batches; the metric overall and after each step (read-out of z_t).
 
-    ``progress`` shows a bar of images done (on a terminal only), with the number of read-outs."""
+    ``progress`` shows a bar of images done (on a terminal only), with the number of read-outs.
+    ``precision``: the networks under autocast (``--precision``; read-outs leave it as float32)."""
     task = task if task is not None else ClassificationTask.from_shape((), 0)
     was_training = method.training
     method.eval()
@@ -326,7 +333,10 @@ def evaluate(
                    disable=None if progress else True)  # fmt: skip
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = method.predict_steps(xb, deterministic=deterministic)  # (S, B, [L,] m)
+            with autocast(precision, x.device):
+                logits = float32(
+                    method.predict_steps(xb, deterministic=deterministic)
+                )  # (S, B, [L,] m)
             hits = task.score(logits, yb)
             score = hits if score is None else score + hits
             for k, v in task.extra_scores(logits, yb).items():
