@@ -22,6 +22,7 @@ from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError
 from .flags import add_config_flags, given_flags
+from .precision import PRECISIONS
 from .presets import PRESETS, resolve_flat
 from .rundir import RunDir
 from .runs import evaluate_chains, evaluate_run, sweep_steps, train
@@ -34,6 +35,9 @@ from .runs.sweep import STEP_METHODS
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"noprop: error: {message}\n")
+
+
+PRECISION_HELP = "networks under autocast at inference (default: the run's training precision)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
+    e.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     e.add_argument(
         "--chains",
         help="comma-separated chain counts, e.g. 1,4,16: test accuracy and seconds of averaging the "
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, help="seed of the inference noise (default: the run's)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--threads", type=int)
+    pr.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     ex = sub.add_parser("export", help="weights (safetensors) + config + normalisation, no pickle")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True, help="directory to create")
@@ -172,7 +178,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.chains:
         return _eval_chains(ns)
     r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device,
-                     compile=ns.compile)  # fmt: skip
+                     compile=ns.compile, precision=ns.precision)  # fmt: skip
     mode = "deterministic" if r["deterministic"] else "stochastic"
     print(
         f"test accuracy ({mode}, {r['runs']} runs): {r['test_accuracy']:.4f} ± "
@@ -204,7 +210,8 @@ def _parse_list(text: str, flag: str, cast=str) -> list:
 
 def _eval_chains(ns: argparse.Namespace) -> int:
     chains = _parse_list(ns.chains, "--chains", int)
-    rows = evaluate_chains(ns.run_dir, chains, device=ns.device, compile=ns.compile)
+    rows = evaluate_chains(ns.run_dir, chains, device=ns.device, compile=ns.compile,
+                           precision=ns.precision)  # fmt: skip
     print(f"{'chains':>13}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
         label = "deterministic" if r["chains"] == 0 else str(r["chains"])
@@ -227,7 +234,7 @@ def _eval_steps(ns: argparse.Namespace) -> int:
         ns.solver = cfg.options.solver  # type: ignore[attr-defined]
     solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic,
-                       compile=ns.compile)  # fmt: skip
+                       compile=ns.compile, precision=ns.precision)  # fmt: skip
     print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
         print(f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{r['seconds']:>10.2f}")
@@ -259,7 +266,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     check_device(ns.device)
     if ns.out:
         check_predictions_path(ns.out, overwrite=ns.overwrite)
-    model = load(ns.run_dir, ns.device)
+    model = load(ns.run_dir, ns.device, ns.precision)
     images, names = read_inputs(ns.inputs, model.in_shape)
     probs = model.predict_proba(
         images, chains=ns.chains, deterministic=ns.deterministic, seed=ns.seed
