@@ -301,7 +301,8 @@ class StepFunction:
             done.add(id(scaler))
             if scaler._per_optimizer_states:  # unscale_ ran: update from the infs it found
                 scaler.update()
-            else:  # the loss itself overflowed, backward never ran
+            else:  # the loss itself overflowed, backward never ran: halve the scale directly
+                scaler.scale(torch.zeros((), device=self.device))  # (creates it on a first step)
                 scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
     def give_up(self, units: list[int], epoch: int) -> None:
