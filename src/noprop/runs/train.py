@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
 from ..methods import Method
 from ..parallel import build_trainer, parallel_context
 from ..parallel.distributed import DistContext
+from ..precision import native_bf16
 from ..rundir import RunDir, Summary
 from ..tasks import Task, task_for
 from ..training.callbacks import Callback, FiniteParameters
@@ -197,6 +199,12 @@ def _train(
     else:
         run.check_writable(overwrite=overwrite, config=cfg.to_dict())
     device = pick_device(cfg.train.device) if ctx is None else ctx.device
+    if cfg.train.precision == "bf16-mixed" and not native_bf16(device) and is_main:
+        print(
+            f"noprop: note: {device.type} has no native bfloat16 here (CPUs need AVX512-BF16 or "
+            "AMX): --precision bf16-mixed runs, but slower than 32",
+            file=sys.stderr,
+        )
     if ctx is None:
         task, data = load_data(cfg)
     else:
@@ -275,7 +283,8 @@ def final_summary(
         method.load_state_dict(trainer.best_model)
     x, y = (t.to(device) for t in data.test)
     bs, task = cfg.train.eval_batch_size, trainer.task
-    kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress}
+    kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress,
+          "precision": cfg.train.precision}  # fmt: skip
     stochastic = evaluate(method, x, y, bs, deterministic=False, desc="test", **kw)
     deterministic = evaluate(
         method, x, y, bs, deterministic=True, desc="test (deterministic)", **kw
