@@ -235,9 +235,17 @@ def _eval_steps(ns: argparse.Namespace) -> int:
     solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic,
                        compile=ns.compile, precision=ns.precision)  # fmt: skip
-    print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
+    bpb = bool(rows) and "test_bits_per_byte" in rows[0]  # text runs
+    print(
+        f"{'solver':<10}{'steps':>7}{'accuracy':>10}"
+        + ("  bits/byte" if bpb else "")
+        + f"{'seconds':>10}"
+    )
     for r in rows:
-        print(f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{r['seconds']:>10.2f}")
+        b = f"{r['test_bits_per_byte']:>11.4f}" if bpb else ""
+        print(
+            f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{b}{r['seconds']:>10.2f}"
+        )
     print(f"written to {RunDir(ns.run_dir).eval_steps_path}")
     return 0
 

@@ -102,6 +102,11 @@ def sweep_steps(
                         "solver": solver,
                         "steps": n,
                         "test_accuracy": result["accuracy"],
+                        **{  # the task's other scores, e.g. bits per byte on text
+                            f"test_{k}": v
+                            for k, v in result.items()
+                            if k != "accuracy" and not k.endswith("_per_step")
+                        },
                         "seconds": round(time.perf_counter() - start, 4),
                         "num_test": int(x.shape[0]),
                     }
