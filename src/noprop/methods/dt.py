@@ -8,6 +8,20 @@ What is back-propagated: the loss of block t (Eq. 8 restricted to t) depends on 
 only. Its input z_{t-1} is sampled from the fixed q(z_{t-1} | y), never produced by block t−1, so no
 forward pass runs through the other blocks and no gradient reaches them. Back-propagation happens
 *inside* block t (through its layers) and into the shared head and embedding.
+
+Two training options beyond the paper (issue 22; both default to the paper's loss):
+
+* ``--block-ce W`` adds W·CE(logits_t, y), the cross-entropy of block t's *own* logits (on its
+  input z_{t−1} ~ q(z_{t−1} | y)) against the label, to block t's loss. The block's softmax p_t is
+  already trained by the L2 term, a Brier score (proper: its minimiser is p(y | z_{t−1}, x)); the
+  cross-entropy is the log score, also proper, with the same minimiser, and it targets bits directly —
+  p_t is a read-out of the chain (runs/readouts.py). It reads only block t's output: local.
+* ``--no-head-every-step``: the head θ_out (and its CE on z_T ~ q(z_T | y)) is trained in the last
+  block's steps only (t = T), not in every block's. Why: the head's task — classify z_T at SNR(T) =
+  999, where the label is nearly noise-free — is solved early (its CE falls to ~1e-3), yet it costs a
+  forward and backward over (B, L, d) × (d, m) in every block's step (~17% of NoProp-LM's training
+  FLOPs, issue 22). The noise ε of z_T is still drawn in every step, so the blocks see the same
+  random numbers as with the default.
 """
 
 from __future__ import annotations
@@ -37,12 +51,19 @@ class DTConfig(MethodOptions):
     """dt: lower clip of ᾱ_t (the noise end)"""
     alpha_bar_max: float = 0.999
     """dt: upper clip of ᾱ_t (the label end; sets SNR(T) = 999)"""
+    block_ce: float = 0.0
+    """dt: weight W of a cross-entropy of each block's own logits against the label, added to that
+    block's loss (local and proper; 0 = the paper's Eq. 8)"""
+    head_every_step: bool = True
+    """dt: train the head θ_out in every block's step (the paper); --no-head-every-step trains it in
+    the last block's steps only (its task, classifying z_T at SNR 999, is solved early)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least("T", self.T)
         positive("eta", self.eta)
         non_negative("cosine_s", self.cosine_s)
+        non_negative("block_ce", self.block_ce)
         if not 0.0 < self.alpha_bar_min < self.alpha_bar_max < 1.0:
             raise ConfigError(
                 "need 0 < --alpha-bar-min < --alpha-bar-max < 1 "
@@ -70,7 +91,15 @@ class NoPropDT(Method):
             )
         )
         blocks = [ctx.block("discrete", emb.dim) for _ in range(options.T)]
-        return cls(blocks, emb, head, schedule, eta=options.eta)  # label_dims: build_method sets it
+        return cls(  # label_dims: build_method sets it
+            blocks,
+            emb,
+            head,
+            schedule,
+            eta=options.eta,
+            block_ce=options.block_ce,
+            head_every_step=options.head_every_step,
+        )
 
     @classmethod
     def units_for(cls, options: DTConfig) -> int:
@@ -84,6 +113,8 @@ class NoPropDT(Method):
         schedule: DiscreteSchedule,
         *,
         eta: float = DTConfig.eta,
+        block_ce: float = DTConfig.block_ce,
+        head_every_step: bool = DTConfig.head_every_step,
     ) -> None:
         super().__init__(embedding, head)
         if len(blocks) != schedule.T:
@@ -91,6 +122,8 @@ class NoPropDT(Method):
         self.blocks = nn.ModuleList(blocks)
         self.schedule = schedule
         self.eta = eta
+        self.block_ce = block_ce
+        self.head_every_step = head_every_step
 
     @property
     def T(self) -> int:
@@ -117,31 +150,52 @@ class NoPropDT(Method):
         logits = self.blocks[t - 1](x, z_prev)
         # the noise of z_T is drawn after the block's forward (its dropout masks come first)
         eps_T = torch.randn(u_y.shape, device=u_y.device, dtype=u_y.dtype)
-        return self.block_loss(logits, u_y, y, eps_T, self.weight(t))
+        head = self.head_every_step or t == self.T  # --no-head-every-step: the last block only
+        return self.block_loss(logits, u_y, y, eps_T, self.weight(t), head=head)
 
     def weight(self, t: int | Tensor) -> Tensor:
         """(T/2) η (SNR(t) − SNR(t−1)), the weight of block t's denoising term in Eq. 8."""
         return 0.5 * self.T * self.eta * self.schedule.snr_delta[t]
 
     def block_loss(
-        self, logits: Tensor, u_y: Tensor, y: Tensor, eps_T: Tensor, weight: Tensor
+        self,
+        logits: Tensor,
+        u_y: Tensor,
+        y: Tensor,
+        eps_T: Tensor,
+        weight: Tensor,
+        head: bool | Tensor = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Block t's term of Eq. 8 from its logits on z_{t−1} and the noise ε of z_T — the one DT loss.
 
-        The sequential step calls it for one block; ``--parallel fused`` calls it under ``vmap`` over
-        the T blocks' stacked logits, noises and weights (parallel/fused.py).
+        ``head``: whether the head's cross-entropy (step 4) is part of this block's loss — True (the
+        paper), False (``--no-head-every-step`` for t < T: the head is not even run), or a 0/1 tensor
+        multiplying it (the fused step's per-block mask under ``vmap``). With ``--block-ce W`` the
+        loss adds W·CE(logits, y) (module docstring). The sequential step calls it for one block;
+        ``--parallel fused`` calls it under ``vmap`` over the T blocks' stacked logits, noises,
+        weights (and head masks) (parallel/fused.py).
         """
         s, W = self.schedule, self.embedding.weight
         # 3. denoising L2 term ‖û_θt(z_{t−1}, x) − u_y‖² (sums over d), weighted by (T/2) η ΔSNR
         l2 = (self.embedding.mix(logits.softmax(-1)) - u_y).pow(2).sum(-1).mean()
-        # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
-        ab_T = s.alpha_bar[self.T]
-        z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T
-        ce = F.cross_entropy(self.head(z_T, W).flatten(0, -2), y.flatten())  # (B[, L]) labels
         # 5. KL(q(z_0 | y) ‖ N(0, I)): a constant for one-hot W_Embed
         kl = kl_prior(u_y, s.alpha_bar[0]).mean()
-        total = ce + kl + weight * l2
-        return total, {"loss": total.detach(), "l2": l2.detach(), "ce": ce.detach()}
+        parts = {"l2": l2.detach()}
+        if head is False:
+            total = kl + weight * l2
+        else:
+            # 4. cross-entropy of the head on z_T ~ q(z_T | y): trains θ_out (and W_Embed)
+            ab_T = s.alpha_bar[self.T]
+            z_T = ab_T.sqrt() * u_y + (1 - ab_T).sqrt() * eps_T
+            ce = F.cross_entropy(self.head(z_T, W).flatten(0, -2), y.flatten())  # (B[, L]) labels
+            total = (ce if head is True else head * ce) + kl + weight * l2
+            parts["ce"] = ce.detach()
+        if self.block_ce:
+            # 6. (--block-ce) the block's own logits scored by the log score against y
+            block_ce = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+            total = total + self.block_ce * block_ce
+            parts["block_ce"] = block_ce.detach()
+        return total, {"loss": total.detach(), **parts}
 
     @torch.no_grad()
     def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:

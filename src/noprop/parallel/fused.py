@@ -99,7 +99,11 @@ class FusedStep(StepFunction):
         self.params, self.buffers = self._stack()
         self.fused_optimizer = optimizers.make(list(self.params.values()))
         self._logits = vmap(self._block_logits, in_dims=(0, 0, None, 0), randomness="different")
-        self._loss = vmap(method.block_loss, in_dims=(0, None, None, 0, 0))
+        # --no-head-every-step: a per-block 0/1 mask on the head's CE (1 for the last block only);
+        # every block still computes it under vmap, and the head's gradient is then the last block's
+        self._loss = vmap(
+            method.block_loss, in_dims=(0, None, None, 0, 0, None if method.head_every_step else 0)
+        )
 
     def num_scalers(self) -> int:
         return 1
@@ -126,7 +130,9 @@ class FusedStep(StepFunction):
         ab_prev = s.alpha_bar[:T].view(T, 1, 1)
         z_prev = ab_prev.sqrt() * u_y + (1 - ab_prev).sqrt() * eps_prev  # z_{t−1} ~ q, Eq. 58
         logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
-        return self._loss(logits, u_y, y, eps_T, m.weight(torch.arange(1, T + 1, device=y.device)))
+        t = torch.arange(1, T + 1, device=y.device)
+        head = True if m.head_every_step else (t == T).to(logits.dtype)
+        return self._loss(logits, u_y, y, eps_T, m.weight(t), head)
 
     # ------------------------------------------------------ template hooks
     def units_of(self, step: Step) -> tuple[int, ...]:
