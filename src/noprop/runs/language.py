@@ -1,11 +1,24 @@
 """Reading a trained byte-level language model: test scores, its path through output space, samples.
 
-Works on the two text methods: the back-prop transformer (:class:`~noprop.methods.transformer.
-TransformerBackprop`) and NoProp-DT on text (:class:`~noprop.methods.dt.NoPropDT` with a label per
-position).
+Works on every text method: the back-prop transformer (:class:`~noprop.methods.transformer.
+TransformerBackprop`), NoProp-DT, NoProp-CT, NoProp-FM and DiffusionBlocks with a label per position.
+
+The API ``noprop lm compare`` calls (issue 22; the fair read-outs live in :mod:`noprop.runs.readouts`,
+the tuned lens in :mod:`noprop.runs.tuned_lens`, both re-exported here):
+
+* :func:`choose_readout` (validation windows) → :class:`ReadoutChoice`; :func:`score_readout` (test
+  windows, that choice) → the reported bits per byte, accuracy, calibrated bits, the paper's read-out
+  and every read-out p_t / head(z_t) per depth (stochastic and deterministic chains).
+* :func:`fit_tuned_lens` (the back-prop model and *training* windows) → :class:`TunedLens`;
+  :func:`lens_scores` (test windows) → per layer the logit lens and the tuned lens.
+* :func:`generate` with a ``choice``: samples from the reported read-out.
+
+The functions below predate the fair read-outs and report *the paper's* read-out (module docstring
+of :mod:`noprop.runs.readouts`: head(z_T) for DT and CT, the nearest embedding for FM, the last block's
+logits for DiffusionBlocks):
 
 * :func:`test_scores` — bits per byte and top-1 accuracy: back-prop from its softmax; NoProp from the
-  head on z_T of the deterministic chain, of one stochastic chain (the paper's inference) and of the
+  paper's read-out (DT: the head on z_T) of the deterministic chain, of one stochastic chain (the paper's inference) and of the
   *mixture* of S stochastic chains (p̂ = (1/S) Σ_s p̂_s, averaged in log space,
   :func:`noprop.tasks.language.mixture_bits`).
 * :func:`trajectory` — one row per depth: back-prop's logit lens after the embedding and every layer
@@ -15,14 +28,16 @@ position).
   (state and target minus the mean of the 256 output vectors: output vectors can share a common
   direction — :func:`mean_pairwise_cosine` — which makes the raw cosine of any state high). [I] h_l
   is the raw residual stream (before the final LayerNorm the lens applies); z_0 = 0 of the
-  deterministic chain has no direction, its cosine is reported as 0.
+  deterministic chain has no direction, its cosine is reported as 0. CT, FM and DiffusionBlocks: one
+  row per recorded grid point, the paper's read-out of z_{t_k} (cosine with W_Embed[y]; Ê[y] for
+  DiffusionBlocks).
 * :func:`generate` — bytes sampled one at a time from the model's next-byte distribution (NoProp: the
-  head on z_T of the deterministic chain), the context being the last ``context`` bytes.
+  paper's read-out on the deterministic chain, or with ``choice`` the chosen read-out's mixture), the
+  context being the last ``context`` bytes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,17 +48,55 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..methods import Method, NoPropDT
+from ..methods import DiffusionBlocks, Method, NoPropDT
 from ..methods.transformer import TransformerBackprop
 from ..precision import float32
 from ..tasks.language import bits, mixture_bits
+from .readouts import (
+    CHAIN_CHOICES,
+    TEMPERATURES,
+    ReadoutChoice,
+    chain_readouts,
+    chain_states,
+    check_text_method,
+    choose_readout,
+    evaluate_readouts,
+    fit_temperature,
+    paper_readout,
+    readout_log_probs,
+    readout_names,
+    score_readout,
+    seeded,
+)
+from .tuned_lens import TunedLens, fit_tuned_lens, lens_kl, lens_scores
+
+__all__ = [
+    "CHAIN_CHOICES",
+    "TEMPERATURES",
+    "ReadoutChoice",
+    "TunedLens",
+    "chain_readouts",
+    "choose_readout",
+    "evaluate_readouts",
+    "fit_temperature",
+    "fit_temperatures",
+    "fit_tuned_lens",
+    "generate",
+    "lens_kl",
+    "lens_scores",
+    "mean_pairwise_cosine",
+    "next_byte_logits",
+    "paper_readout",
+    "readout_log_probs",
+    "readout_names",
+    "score_readout",
+    "test_scores",
+    "trajectory",
+]
 
 
 def _check(method: Method) -> None:
-    if not isinstance(method, TransformerBackprop | NoPropDT) or method.label_dims != 1:
-        raise ConfigError(
-            "this analysis reads text models: --method backprop or dt on a text data set"
-        )
+    check_text_method(method)
 
 
 @dataclass
@@ -103,10 +156,6 @@ def _batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
     bar.close()
 
 
-#: the temperatures :func:`fit_temperatures` chooses from (log-spaced, 1 included)
-TEMPERATURES = torch.logspace(math.log10(0.25), math.log10(64.0), 49, dtype=torch.float64)
-
-
 def _readouts(
     method: Method,
     x: Tensor,
@@ -131,7 +180,12 @@ def _readouts(
             else:
                 yield yb, {"output": float32(method.lm(xb))}, None
             continue
-        assert isinstance(method, NoPropDT)
+        if not isinstance(method, NoPropDT):  # CT, FM, DiffusionBlocks: the paper's read-out
+            det_rows = _paper_rows(method, xb)
+            sto = _read(chain_readouts(method, xb, chains=chains), paper_readout(method))
+            modes = {"deterministic": det_rows[-1][0][0], "one_chain": sto[0], "mixture": sto}
+            yield yb, modes, det_rows if keep_states else None  # type: ignore[misc]
+            continue
         W = method.embedding.weight
         zs = method.chain(xb, deterministic=True)  # no noise drawn: the seed's draws are unchanged
         det = method.head(zs[-1], W)
@@ -143,6 +197,23 @@ def _readouts(
         det, logits = float32(det), float32(logits)
         modes = {"deterministic": det, "one_chain": logits[0], "mixture": logits}
         yield yb, modes, zs if keep_states else None
+
+
+def _read(readouts: Iterator[tuple[str, Tensor]], name: str) -> Tensor:
+    """The logits of read-out ``name`` (the chains stop there)."""
+    return next(logits for n, logits in readouts if n == name)
+
+
+def _paper_rows(method: Method, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(logits (1, B, L, 256), state) of the paper's kind of read-out at every recorded grid point
+    of the deterministic chain (CT, FM, DiffusionBlocks): the trajectory's rows, the last one the
+    prediction."""
+    kind = paper_readout(method).split("_")[0]
+    return [
+        (logits, state)
+        for name, logits, state in chain_states(method, x, deterministic=True)
+        if name.split("_")[0] == kind and state is not None
+    ]
 
 
 def _mode_bits(mode: str, logits: Tensor, y: Tensor) -> Tensor:
@@ -248,10 +319,15 @@ def test_scores(
     return {**rows.pop("mixture"), "chains": chains, **rows, **traj}
 
 
-def _add_trajectory(
-    method: Method, states: list[Tensor], y: Tensor, sums: list[_Sums]
-) -> list[_Sums]:
-    """Add one batch's states (h_0..h_n or z_0..z_T) to the per-depth sums of :func:`trajectory`."""
+def _add_trajectory(method: Method, states: list[Any], y: Tensor, sums: list[_Sums]) -> list[_Sums]:
+    """Add one batch's states (h_0..h_n or z_0..z_T; CT/FM/DiffusionBlocks: (read-out, z) pairs,
+    :func:`_paper_rows`) to the per-depth sums of :func:`trajectory`."""
+    if not isinstance(method, TransformerBackprop | NoPropDT):
+        W = method.targets() if isinstance(method, DiffusionBlocks) else method.embedding.weight
+        sums = sums or [_Sums() for _ in states]
+        for s, (logits, z) in zip(sums, states, strict=True):
+            s.add(logits[0], y, float32(z[0]), W)
+        return sums
     if isinstance(method, TransformerBackprop):
         vectors, read = method.lm.unembedding, method.lm.lens
     else:
@@ -275,22 +351,30 @@ def trajectory(
     sums: list[_Sums] = []
     for xb, yb in _batches(x, y, batch, "trajectory", progress):
         if isinstance(method, TransformerBackprop):
-            states = method.lm.residual_stream(xb)
-        else:
-            assert isinstance(method, NoPropDT)
+            states: list[Any] = method.lm.residual_stream(xb)
+        elif isinstance(method, NoPropDT):
             states = method.chain(xb, deterministic=True)
+        else:
+            states = _paper_rows(method, xb)
         sums = _add_trajectory(method, states, yb, sums)
     return [{"depth": i, **s.row(n)} for i, s in enumerate(sums)]
 
 
 @torch.no_grad()
-def next_byte_logits(method: Method, context: Tensor) -> Tensor:
-    """Logits (256,) of the byte after ``context`` (1-D byte ids, at most the model's context)."""
+def next_byte_logits(
+    method: Method, context: Tensor, choice: ReadoutChoice | None = None
+) -> Tensor:
+    """Logits (256,) of the byte after ``context`` (1-D byte ids, at most the model's context): the
+    model's output, NoProp's paper read-out on the deterministic chain, or with ``choice`` the log
+    of the chosen read-out's mixture (:func:`readout_log_probs`; its chains draw from the global RNG)."""
     _check(method)
     x = context.view(1, -1)
+    if choice is not None:
+        return readout_log_probs(method, x, choice)[0, -1]
     if isinstance(method, TransformerBackprop):
         return float32(method.lm(x)[0, -1])
-    assert isinstance(method, NoPropDT)
+    if not isinstance(method, NoPropDT):
+        return _read(chain_readouts(method, x, deterministic=True), paper_readout(method))[0, 0, -1]
     z_T = method.chain(x, deterministic=True)[-1]
     return float32(method.head(z_T, method.embedding.weight)[0, -1])
 
@@ -304,8 +388,10 @@ def generate(
     context: int,
     seed: int = 0,
     temperature: float = 1.0,
+    choice: ReadoutChoice | None = None,
 ) -> bytes:
-    """``n`` bytes sampled one at a time after ``prompt`` (temperature 1: the model's distribution)."""
+    """``n`` bytes sampled one at a time after ``prompt`` (temperature 1: the model's distribution;
+    ``choice``: from the chosen read-out, :func:`next_byte_logits`)."""
     if not prompt:
         raise ConfigError("generation needs a non-empty prompt")
     method.eval()
@@ -313,9 +399,10 @@ def generate(
     tokens = torch.tensor(list(prompt), dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = bytearray()
-    for _ in range(n):
-        logits = next_byte_logits(method, tokens[-context:]).float() / temperature
-        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
-        tokens = torch.cat([tokens, nxt])
-        out.append(int(nxt))
+    with seeded(method, seed):  # a chosen read-out's stochastic chains: seeded, RNG restored after
+        for _ in range(n):
+            logits = next_byte_logits(method, tokens[-context:], choice).float() / temperature
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+            tokens = torch.cat([tokens, nxt])
+            out.append(int(nxt))
     return bytes(out)
