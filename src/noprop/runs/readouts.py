@@ -77,7 +77,7 @@ CHAIN_METHODS = (NoPropDT, NoPropCT, NoPropFM, DiffusionBlocks)
 
 def check_text_method(method: Method) -> None:
     """ConfigError unless ``method`` is a text model this module reads."""
-    if not isinstance(method, TransformerBackprop | CHAIN_METHODS) or method.label_dims != 1:
+    if not isinstance(method, (TransformerBackprop, *CHAIN_METHODS)) or method.label_dims != 1:
         raise ConfigError(
             "this analysis reads text models: --method backprop, dt, ct, fm or diffusionblocks "
             "on a text data set"
@@ -128,6 +128,7 @@ def readout_position(method: Method, name: str) -> float:
     return i / steps
 
 
+@torch.no_grad()
 def chain_readouts(
     method: Method, x: Tensor, *, chains: int = 1, deterministic: bool = False
 ) -> Iterator[tuple[str, Tensor]]:
@@ -141,6 +142,7 @@ def chain_readouts(
         yield name, logits
 
 
+@torch.no_grad()
 def chain_states(
     method: Method, x: Tensor, *, chains: int = 1, deterministic: bool = False
 ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
