@@ -323,9 +323,9 @@ def test_block_ce_adds_w_times_the_blocks_own_cross_entropy(one_thread):
         ce = torch.nn.functional.cross_entropy(
             base.blocks[unit](x, z_prev).flatten(0, 1), y.flatten()
         )
-        assert float(pb["block_ce"]) == pytest.approx(float(ce.detach()), rel=1e-5)
+        assert float(pb["own_ce"]) == pytest.approx(float(ce.detach()), rel=1e-5)
         assert float(b) == pytest.approx(float(a) + 0.5 * float(ce.detach()), rel=1e-5)
-        assert "block_ce" not in pa
+        assert "own_ce" not in pa
 
 
 def test_no_head_every_step_trains_the_head_in_the_last_blocks_steps_only(one_thread):

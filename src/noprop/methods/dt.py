@@ -15,13 +15,17 @@ Two training options beyond the paper (issue 22; both default to the paper's los
   input z_{t−1} ~ q(z_{t−1} | y)) against the label, to block t's loss. The block's softmax p_t is
   already trained by the L2 term, a Brier score (proper: its minimiser is p(y | z_{t−1}, x)); the
   cross-entropy is the log score, also proper, with the same minimiser, and it targets bits directly —
-  p_t is a read-out of the chain (runs/readouts.py). It reads only block t's output: local.
+  p_t is a read-out of the chain (runs/readouts.py). It reads only block t's output: local. Logged
+  as the loss part ``own_ce`` (``block_own_ce`` in metrics.jsonl).
 * ``--no-head-every-step``: the head θ_out (and its CE on z_T ~ q(z_T | y)) is trained in the last
   block's steps only (t = T), not in every block's. Why: the head's task — classify z_T at SNR(T) =
   999, where the label is nearly noise-free — is solved early (its CE falls to ~1e-3), yet it costs a
   forward and backward over (B, L, d) × (d, m) in every block's step (~17% of NoProp-LM's training
   FLOPs, issue 22). The noise ε of z_T is still drawn in every step, so the blocks see the same
-  random numbers as with the default.
+  random numbers as with the default; the head's ``ce`` is logged for block T only (null for the
+  others). A learned W_Embed still gets every block's L2 gradient. ``--parallel fused`` computes the
+  head's CE in every block under vmap and masks it to block T's; ``--parallel blocks`` averages the
+  shared gradient over the ranks as always (zeros from the ranks of blocks t < T).
 """
 
 from __future__ import annotations
@@ -192,9 +196,9 @@ class NoPropDT(Method):
             parts["ce"] = ce.detach()
         if self.block_ce:
             # 6. (--block-ce) the block's own logits scored by the log score against y
-            block_ce = F.cross_entropy(logits.flatten(0, -2), y.flatten())
-            total = total + self.block_ce * block_ce
-            parts["block_ce"] = block_ce.detach()
+            own_ce = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+            total = total + self.block_ce * own_ce
+            parts["own_ce"] = own_ce.detach()
         return total, {"loss": total.detach(), **parts}
 
     @torch.no_grad()
