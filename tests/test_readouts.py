@@ -143,7 +143,7 @@ def test_choice_is_the_validation_minimum_and_test_scores_use_it(one_thread):
     # the choice depends on validation only: other test windows change nothing
     again = choose_readout(m, xv, yv, chains=(1, 2), seed=0)
     assert again == choice
-    json.dumps(choice.to_dict())
+    assert ReadoutChoice.from_dict(json.loads(json.dumps(choice.to_dict()))) == choice
     r = score_readout(m, xt, yt, choice)
     direct = evaluate_readouts(m, xt, yt, chains=(1, choice.chains))
     assert r["bits_per_byte"] == pytest.approx(
@@ -177,8 +177,10 @@ def test_the_older_functions_read_every_text_method(case, one_thread):
     name, extra = CASES[case]
     m, _ = _method(name, **extra)
     x, y = _bytes(3, 0)
-    r = language.test_scores(m, x, y, chains=2, batch=2, with_trajectory=True)
+    taus = language.fit_temperatures(m, x, y, chains=2, batch=2)
+    r = language.test_scores(m, x, y, chains=2, batch=2, with_trajectory=True, temperatures=taus)
     traj = r.pop("trajectory")
+    assert r["bits_per_byte_calibrated"] <= r["bits_per_byte"] + 1e-9
     for got, want in zip(traj, language.trajectory(m, x, y, batch=2), strict=True):
         assert got == pytest.approx(want)
     assert 0 < r["bits_per_byte"] < 100

@@ -340,6 +340,15 @@ class ReadoutChoice:
         d["table"] = {r: {str(S): b for S, b in row.items()} for r, row in self.table.items()}
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReadoutChoice:
+        """The inverse of :meth:`to_dict` (e.g. a choice read back from a report's JSON)."""
+        table = {
+            r: {int(S): float(b) for S, b in row.items()} for r, row in d.get("table", {}).items()
+        }
+        return cls(str(d["readout"]), int(d["chains"]), float(d.get("temperature", 1.0)),
+                   str(d.get("paper_readout", "")), table)  # fmt: skip
+
 
 @torch.no_grad()
 def choose_readout(
