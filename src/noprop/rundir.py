@@ -4,8 +4,10 @@ Files: ``config.json`` (the resolved :class:`~noprop.config.RunConfig`), ``metri
 :class:`EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
 ``summary.json`` (:class:`Summary`, written once at the end), and the evaluation outputs
 ``eval_steps.json`` (``noprop eval --steps``), ``eval_chains.json`` (``noprop eval --chains``) and
-``eval5.json`` (``noprop bench reproduce``), and the
-directory ``tensorboard/`` (``--tensorboard``: TensorBoard event files, appended to on ``--resume``).
+``eval5.json`` (``noprop bench reproduce``), ``data.json`` (facts about the data: a text corpus's
+SHA-256, your own data's shape, classes and checksums), and the directories ``tensorboard/``
+(``--tensorboard``: TensorBoard event files, appended to on ``--resume``) and ``data/``
+(``--dataset folder``: the decoded images, :mod:`noprop.data.user`).
 Everything that reads a run — ``eval``, ``plot``, ``bench`` — goes through :class:`RunDir`.
 
 ``metrics.jsonl`` is appended (and fsynced) *before* the epoch's checkpoint is written; on resume,
@@ -40,6 +42,8 @@ FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, D
 #: an exported model (``noprop export``): weights without pickle and the input normalisation
 EXPORTED_WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
 TENSORBOARD = "tensorboard"  # a directory: event files of TensorBoardLogger (--tensorboard)
+#: a directory: ``--dataset folder``'s decoded images (uint8 .npy; SHA-256 in data.json)
+DATA_CACHE = "data"
 
 
 @dataclass
@@ -167,6 +171,10 @@ class RunDir:
     def tensorboard_dir(self) -> Path:
         return self.path / TENSORBOARD
 
+    @property
+    def data_cache_dir(self) -> Path:
+        return self.path / DATA_CACHE
+
     def is_run(self) -> bool:
         return self.config_path.is_file()
 
@@ -243,11 +251,11 @@ class RunDir:
         if overwrite:
             for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, DATA_INFO):
                 (self.path / name).unlink(missing_ok=True)
-            tb = self.tensorboard_dir
-            if tb.is_dir() and not tb.is_symlink():
-                shutil.rmtree(tb)
-            else:
-                tb.unlink(missing_ok=True)
+            for directory in (self.tensorboard_dir, self.data_cache_dir):
+                if directory.is_dir() and not directory.is_symlink():
+                    shutil.rmtree(directory)
+                else:
+                    directory.unlink(missing_ok=True)
         self.remove_stale_temp_files()
         atomic_write_json(self.config_path, config)
 

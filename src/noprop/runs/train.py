@@ -35,9 +35,12 @@ import torch
 from ..build import build_method, check_weights, state_shapes
 from ..config import RunConfig
 from ..data import DataSplits
+from ..data.augment import parse_augment
+from ..data.sources import Augmented, as_source, class_examples, num_examples
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
 from ..methods import Method
+from ..models.embeddings import PROTOTYPE_MAX_PER_CLASS
 from ..parallel import build_trainer, parallel_context
 from ..parallel.distributed import DistContext
 from ..rundir import RunDir, Summary
@@ -61,14 +64,27 @@ RESUMABLE_OVERRIDES = frozenset(
 )
 
 
-def load_data(cfg: RunConfig) -> tuple[Task, DataSplits]:
-    """The run's task and its data splits."""
-    task = task_for(cfg.data)
+def run_task(cfg: RunConfig, run: RunDir | None = None) -> Task:
+    """The task of ``cfg``; of an existing ``run``, with what it recorded of its data (your own
+    data's shape and classes, in ``data.json``, and the decoded images it cached)."""
+    if run is None:
+        return task_for(cfg.data)
+    return task_for(cfg.data, recorded=run.read_data_info(), cache=run.data_cache_dir)
+
+
+def load_data(cfg: RunConfig, run: RunDir | None = None) -> tuple[Task, DataSplits]:
+    """The run's task and its data splits (of an existing ``run``: the same data, checked)."""
+    task = run_task(cfg, run)
     return task, task.load(cfg.data, cfg.train.seed)
 
 
 def build_for_data(cfg: RunConfig, task: Task, data: DataSplits) -> Method:
-    return build_method(cfg, task, None, *data.train)
+    """The run's method; the prototype embedding reads its class examples from the training split."""
+    if cfg.model.embedding != "prototype":
+        return build_method(cfg, task, None)
+    x, y = class_examples(data.train, task.num_classes, max_per_class=PROTOTYPE_MAX_PER_CLASS,
+                          seed=cfg.train.seed)  # fmt: skip
+    return build_method(cfg, task, None, x, y)
 
 
 def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
@@ -119,7 +135,7 @@ def check_payload(run: RunDir, payload: dict[str, Any], cfg: RunConfig) -> None:
                 f"{path} was written with --{k.replace('_', '-')} {saved.get(k)!r} but "
                 f"{run.config_path} says {v!r}; the checkpoint is incompatible with this config"
             )
-    task = task_for(cfg.data)  # the config is untrusted too: its model must be the weights' model
+    task = run_task(cfg, run)  # the config is untrusted too: its model must be the weights' model
     for key in ("model", "best_model"):
         if key == "model" or state.get(key) is not None:
             check_weights(cfg, task, state_shapes(state[key], path), path)
@@ -197,10 +213,11 @@ def _train(
     else:
         run.check_writable(overwrite=overwrite, config=cfg.to_dict())
     device = pick_device(cfg.train.device) if ctx is None else ctx.device
+    same = run if payload is not None else None  # a resumed run reads (and checks) the same data
     if ctx is None:
-        task, data = load_data(cfg)
+        task, data = load_data(cfg, same)
     else:
-        task, data = ctx.local_main_first(lambda: load_data(cfg), "to load the data")
+        task, data = ctx.local_main_first(lambda: load_data(cfg, same), "to load the data")
     method = build_for_data(cfg, task, data)
     callbacks: list[Callback] = [FiniteParameters()]
     if pause_at is not None and pause_at[0] == "step":
@@ -211,7 +228,7 @@ def _train(
         callbacks.append(writer)
         if cfg.train.tensorboard:
             # a DT epoch is one pass over the training data per block (Trainer.fit's data_passes)
-            samples = int(data.train[0].shape[0]) * method.num_units
+            samples = num_examples(data.train) * method.num_units
             callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
     trainer = build_trainer(
         method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks
@@ -230,6 +247,8 @@ def _train(
         run.remove_stale_temp_files()
     elif is_main:
         run.start(cfg.to_dict(), overwrite=overwrite)
+    if is_main:  # your own images' decoded cache, before data.json records its SHA-256
+        task.save_data(run.data_cache_dir)
     if is_main and (info := task.data_info()) is not None:
         run.write_data_info(
             info
@@ -237,8 +256,11 @@ def _train(
     if writer is not None:
         writer.saved_config = run.config().to_dict()
         writer.saved_epoch = trainer.state.epoch
+    train_split = data.train
+    if ops := parse_augment(cfg.data.augment):  # --augment: on the device, seeded (data/augment.py)
+        train_split = Augmented(as_source(train_split), ops, cfg.train.seed)
     try:
-        trainer.fit(data.train, data.val, test=data.test if cfg.train.test_curve else None)
+        trainer.fit(train_split, data.val, test=data.test if cfg.train.test_curve else None)
     except DivergenceError as e:
         last = writer.saved_epoch if writer is not None else 0
         kept = (
@@ -298,7 +320,7 @@ def final_summary(
         epochs=st.epoch,
         data_passes=st.data_passes,
         params_per_block=method.params_per_block(),
-        num_train=int(data.train[0].shape[0]),
+        num_train=num_examples(data.train),
         num_val=int(data.val[0].shape[0]),
         num_test=int(x.shape[0]),
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),

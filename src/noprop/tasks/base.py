@@ -10,6 +10,7 @@ one new file here and one line in :data:`noprop.tasks.TASKS`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -58,6 +59,10 @@ class Task(ABC):
 
     def data_info(self) -> dict | None:
         """Facts about the loaded data a run directory records (default: none)."""
+        return None
+
+    def save_data(self, directory: Path) -> None:
+        """Write what a run directory keeps of the loaded data into ``directory`` (default: none)."""
         return None
 
     def eval_batch_size(self, requested: int) -> int:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..data.sources import DataSource, Split, TensorSource, as_source, split_tensors
 from ..methods.base import Method
 from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
@@ -51,7 +52,7 @@ def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved 
 
 
 class Trainer:
-    """Trains a :class:`Method` on in-memory tensors (module docstring).
+    """Trains a :class:`Method` on in-memory tensors or a data source (module docstring).
 
     Args:
         method: the method to train (moved to ``device``).
@@ -104,11 +105,13 @@ class Trainer:
         step = Step((unit,), torch.arange(x.shape[0]))
         return dict(self.step_fn(x, y, step, self.state.epoch))[unit]
 
-    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> Losses:
-        """One epoch (``epoch`` is 0-based); the mean of each loss part per unit (None for a unit
+    def train_epoch(self, x: Tensor | DataSource, y: Tensor | None, epoch: int) -> Losses:
+        """One epoch (``epoch`` is 0-based) on tensors ``(x, y)`` on the device, or on a source ``x``
+        placed by :meth:`fit` (``y`` None); the mean of each loss part per unit (None for a unit
         this trainer did not train)."""
         self.method.train()
-        num_units, n = self.method.num_units, x.shape[0]
+        data = x if isinstance(x, DataSource) else TensorSource(x, y)  # type: ignore[arg-type]
+        num_units, n = self.method.num_units, len(data)
         sums: list[dict[str, Tensor]] = [{} for _ in range(num_units)]
         counts = [0] * num_units
         bar = tqdm(
@@ -121,8 +124,8 @@ class Trainer:
         for i, step in enumerate(self.order(n, epoch)):
             for cb in self.callbacks:
                 cb.on_step(self, step)
-            idx = step.idx.to(self.device)
-            for unit, parts in self.step_fn(x[idx], y[idx], step, epoch):
+            xb, yb = data.batch(step.idx, epoch)  # tensors: x[idx] on the device, as always
+            for unit, parts in self.step_fn(xb, yb, step, epoch):
                 for k, v in parts.items():
                     sums[unit][k] = sums[unit][k] + v if k in sums[unit] else v
                 counts[unit] += 1
@@ -187,13 +190,16 @@ class Trainer:
     # ------------------------------------------------------------------- fit
     def fit(
         self,
-        train: tuple[Tensor, Tensor],
-        val: tuple[Tensor, Tensor],
+        train: Split,
+        val: Split,
         on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
         *,
-        test: tuple[Tensor, Tensor] | None = None,
+        test: Split | None = None,
     ) -> None:
         """Train from ``state.epoch`` to ``cfg.epochs`` with validation-based model selection.
+
+        Each split is tensors ``(x, y)`` or a :class:`~noprop.data.sources.DataSource` (the training
+        batches are asked of it by index; validation and test are read whole).
 
         ``on_epoch(trainer, record)``, if given, runs after every epoch's callbacks (noprop 0.1's
         hook; a :class:`~noprop.training.callbacks.Callback` is the general form). ``test``, if
@@ -205,22 +211,24 @@ class Trainer:
                 return self.fit(train, val, test=test)
             finally:
                 self.callbacks.pop()
-        x, y = (self.to_device(t) for t in train)
-        xv, yv = (self.to_device(t) for t in val)
+        source = as_source(train).placed(self.to_device)  # tensors: moved to the device once
+        xv, yv = (self.to_device(t) for t in split_tensors(val))
         # as the final test feeds it (runs/train.py final_summary), so the curve's point at the
         # selected epoch is the final test's number
-        xt, yt = (t.to(self.device) for t in test) if test is not None else (None, None)
+        xt, yt = (
+            (t.to(self.device) for t in split_tensors(test)) if test is not None else (None, None)
+        )
         cfg = self.cfg
         # --lr-schedule: every unit sees each mini-batch once per epoch; the shared optimiser steps
         # once per step of the order
-        batches = -(-x.shape[0] // cfg.batch_size)
-        self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(x.shape[0]))
+        batches = -(-len(source) // cfg.batch_size)
+        self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(len(source)))
         # every order but --order random passes over the data once per unit
         passes_per_epoch = getattr(self.order, "passes_per_epoch", float(self.method.num_units))
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             start, load = time.perf_counter(), load_meter()
-            losses = self.train_epoch(x, y, epoch)
+            losses = self.train_epoch(source, None, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
