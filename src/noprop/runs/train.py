@@ -36,6 +36,7 @@ from ..build import build_method, check_weights, state_shapes
 from ..config import RunConfig
 from ..data import DataSplits
 from ..data.augment import parse_augment
+from ..data.datasets import USER_DATASETS
 from ..data.sources import Augmented, as_source, class_examples, num_examples
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
@@ -67,7 +68,7 @@ RESUMABLE_OVERRIDES = frozenset(
 def run_task(cfg: RunConfig, run: RunDir | None = None) -> Task:
     """The task of ``cfg``; of an existing ``run``, with what it recorded of its data (your own
     data's shape and classes, in ``data.json``, and the decoded images it cached)."""
-    if run is None:
+    if run is None or cfg.data.dataset not in USER_DATASETS:
         return task_for(cfg.data)
     return task_for(cfg.data, recorded=run.read_data_info(), cache=run.data_cache_dir)
 
