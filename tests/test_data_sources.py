@@ -234,9 +234,14 @@ def test_folder_trains_resumes_evaluates_and_predicts(tmp_path, capsys):
     assert info["images"] == {"files": 26, "read": 25, "resized": 1, "size": [8, 8], "mode": "RGB"}
     cached = np.load(out / "data" / "x_train.npy", allow_pickle=False)
     assert cached.dtype == np.uint8 and cached.shape == (25, 3, 8, 8)
-    # --resume reads the cache (nothing decoded again), and checks it
+    # --resume reads the cache (nothing decoded again), checks it, and continues exactly
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert "resized" not in capsys.readouterr().err
+    straight = tmp_path / "straight"
+    train(straight, "--dataset", "folder", "--data-dir", str(data), "--embedding", "prototype",
+          "--epochs", "2")  # fmt: skip
+    a, b = weights(out), weights(straight)
+    assert all(_same(a[k], b[k]) for k in a)
     assert main(["eval", str(out)]) == 0
     assert main(["predict", str(out), str(data / "cow" / "0.png")]) == 0
     assert capsys.readouterr().out.split("\t")[2] in CLASSES  # input, class, its name, p
@@ -263,14 +268,19 @@ def test_npy_memory_mapped_trains_and_resumes(tmp_path, capsys):
     loaded = load_user_dataset(make_config(dataset="npy", data_dir=str(data)).data, seed=0)
     assert isinstance(loaded.splits.train, ArraySource)
     assert isinstance(loaded.splits.train.x, np.memmap)  # read by index, never whole
-    out = tmp_path / "run"
-    summary = train(out, "--dataset", "npy", "--data-dir", str(data), "--epochs", "2",
-                    "--batch-size", "16", "--embedding", "prototype")  # fmt: skip
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    args = ["--dataset", "npy", "--data-dir", str(data), "--batch-size", "16",
+            "--embedding", "prototype", "--augment", "crop,flip"]  # fmt: skip
+    summary = train(out, *args, "--epochs", "2")
     assert summary["num_test"] == 12 and summary["test_accuracy"] > 0.5
     info = json.loads((out / "data.json").read_text())
     assert info["max_value"] == 255.0 and info["class_names"] == ["0", "1", "2"]
     assert not (out / "data").exists()  # npy is read in place
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    train(straight, *args, "--epochs", "3")  # resumed == uninterrupted, bit for bit
+    assert without_timing(metrics(out)) == without_timing(metrics(straight))
+    a, b = weights(out), weights(straight)
+    assert all(_same(a[k], b[k]) for k in a)
     np.save(data / "y_train.npy", (np.arange(60) + 1) % 3)  # other labels: not the same data
     rc, err = cli(["train", "--resume", str(out), "--epochs", "4", "--no-progress"], capsys)
     assert_one_line_error(rc, err, "not those the run was trained on")
