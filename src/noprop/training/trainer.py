@@ -7,6 +7,8 @@ offloading, parallel gathers, finiteness checks, test pause points — is a
 :mod:`callback <noprop.training.callbacks>`. The defaults are the sequential trainer: ``--order`` as
 configured (Algorithm 1 or interleaved) and :class:`~noprop.training.steps.LocalStep`. The parallel
 layouts build their own order, step and callbacks (:mod:`noprop.parallel`); the loop is the same.
+Each step's mini-batch is asked of the training split's :mod:`data source <noprop.data.sources>` by
+index: in-memory tensors by default, or memory-mapped arrays, decoded image folders, augmented batches.
 """
 
 from __future__ import annotations
