@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import noprop
 from noprop import Trainer, build_method, make_config
 from noprop.cli import main
 from noprop.data.augment import augment_batch, draws, parse_augment
@@ -27,8 +28,8 @@ from noprop.data.sources import (
     class_examples,
     split_tensors,
 )
-from noprop.data.user import load_user_dataset
-from noprop.errors import ConfigError
+from noprop.data.user import load_user_dataset, spec_from_record
+from noprop.errors import ConfigError, DataError
 from noprop.models.embeddings import prototype_init
 from noprop.training.order import Step
 
@@ -245,6 +246,10 @@ def test_folder_trains_resumes_evaluates_and_predicts(tmp_path, capsys):
     assert main(["eval", str(out)]) == 0
     assert main(["predict", str(out), str(data / "cow" / "0.png")]) == 0
     assert capsys.readouterr().out.split("\t")[2] in CLASSES  # input, class, its name, p
+    exported = tmp_path / "exported"  # an export knows the shape and classes without the data
+    assert main(["export", str(out), "--out", str(exported)]) == 0
+    model = noprop.load(exported)
+    assert model.class_names == CLASSES and model.in_shape == (3, 8, 8)
     np.save(out / "data" / "y_train.npy", np.zeros(25, dtype=np.int64))  # tampered
     rc, err = cli(["eval", str(out)], capsys)
     assert_one_line_error(rc, err, "does not match the SHA-256")
@@ -429,3 +434,24 @@ def test_fit_accepts_a_source_for_every_split():
     assert "val_accuracy" in records[0] and "test_accuracy" in records[0]
     step = trainer.step(x[:4], y[:4], 0)  # the single-step API is untouched
     assert "loss" in step and isinstance(Step((0,), torch.arange(2)), Step)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"in_shape": [3, 8], "class_names": ["a"], "max_value": 255},
+        {"in_shape": [3, 1 << 20, 1 << 20], "class_names": ["a"], "max_value": 255},
+        {"in_shape": [1000, 8, 8], "class_names": ["a"], "max_value": 255},
+        {"in_shape": [1, 8, 8], "class_names": [], "max_value": 255},
+        {"in_shape": [1, 8, 8], "class_names": ["a"] * 70_000, "max_value": 255},
+        {"in_shape": [1, 8, 8], "class_names": [1, 2], "max_value": 255},
+        {"in_shape": [1, 8, 8], "class_names": ["a"], "max_value": float("nan")},
+        {"in_shape": "x", "class_names": ["a"], "max_value": 1},
+    ],
+)
+def test_a_hostile_data_json_is_refused_before_anything_is_built(record):
+    with pytest.raises(DataError):
+        spec_from_record(record, "data.json")
+    good = {"in_shape": [1, 8, 8], "class_names": ["a", "b"], "max_value": 255}
+    assert spec_from_record(good, "data.json").num_classes == 2
