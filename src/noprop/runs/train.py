@@ -44,6 +44,7 @@ from ..rundir import RunDir, Summary
 from ..tasks import Task, task_for
 from ..training.callbacks import Callback, FiniteParameters
 from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.record import EpochRecord
 from ..training.tensorboard import TensorBoardLogger, require_tensorboard
 from ..training.trainer import Trainer, evaluate
 from ..version import __version__
@@ -134,8 +135,8 @@ class RunDirWriter(Callback):
         self.run, self.saved_config, self.pause_at = run, saved_config, pause_at
         self.saved_epoch = 0  # the epoch checkpoint.pt holds
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        epoch = record.epoch
         self.run.append_metrics(record)
         if self.pause_at == ("metrics", epoch):
             pause("metrics", epoch)
@@ -289,7 +290,11 @@ def final_summary(
         method=cfg.method.method,
         dataset=cfg.data.dataset,
         embedding=cfg.model.embedding,
-        val_accuracy=st.best_val if st.best_val >= 0 else None,
+        # the selected epoch's validation accuracy, whatever the selection metric (checkpoints of
+        # noprop < 0.2 hold only best_val, which was the accuracy)
+        val_accuracy=st.best_scores.get(
+            "accuracy", st.best_val if st.metric == "accuracy" else None
+        ),
         best_epoch=st.best_epoch,
         test_accuracy=stochastic["accuracy"],
         test_accuracy_deterministic=deterministic["accuracy"],
@@ -309,4 +314,6 @@ def final_summary(
         torch_version=torch.__version__,
         noprop_version=__version__,
         test_scores=scores,
+        selected_on=st.metric,
+        val_scores={k: v for k, v in st.best_scores.items() if k != "accuracy"},
     )

@@ -39,7 +39,8 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N"""
     patience: int | None = None
-    """stop after N epochs without a better validation accuracy"""
+    """stop after N epochs without a better validation score on the task's metric (accuracy; bits
+    per byte for text)"""
     eval_batch_size: int = 1000
     """batch size of validation and test inference"""
     channels_last: bool = True
