@@ -60,7 +60,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         if args.data_dir is not None and Path(args.data_dir).is_dir() and not args.smoke
         else ["--dataset", "digits"]
     )
-    small = ["--max-train-samples", "256", "--T", "2"] if args.smoke else []
+    small = ["--max-train-samples", "256"] if args.smoke else []
     common = [*data, *small, "--epochs", "1", "--seed", "0", "--device", args.device,
               "--no-progress"]  # fmt: skip
     checks: list[dict[str, Any]] = [
@@ -69,8 +69,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     ]  # fmt: skip
     for m in METHODS:
         extra = CT_FM_FLAGS if m in ("ct", "fm") else []
-        if args.smoke and m in ("ct", "fm"):
-            extra = [*extra, "--inference-steps", "10"]
+        if args.smoke:  # toy sizes: fewer blocks, fewer inference steps
+            extra = [*extra, "--inference-steps", "10"] if m in ("ct", "fm") else ["--T", "2"]
         for p in PRECISIONS:
             run = work / f"{m}-{p}"
             argv = ["train", "--method", m, *common, "--precision", p, *extra, "--out", str(run)]
@@ -82,13 +82,15 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         if args.device == "cpu" and name == "dt-offload-blocks":
             flags = []  # offloading needs a GPU; on the CPU the same run checks the plumbing
         run = work / name
+        if args.smoke:
+            flags = [*flags, "--T", "2"]
         argv = ["train", "--method", "dt", *common, *flags, "--out", str(run)]
         checks.append({"name": name, "train": argv, "run": str(run), "limit_s": 150})
     device = "cuda:0" if args.device == "cuda" else args.device  # both ranks on the one GPU
     run = work / "dt-blocks-2-ranks"
     tr = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "noprop",
           "train", "--method", "dt", *[v if v != args.device else device for v in common],
-          "--parallel", "blocks", "--out", str(run)]  # fmt: skip
+          "--parallel", "blocks", *(["--T", "2"] if args.smoke else []), "--out", str(run)]  # fmt: skip
     checks.append({"name": "dt-blocks-2-ranks", "argv": tr, "run": str(run), "limit_s": 180})
     lm = [py, "-m", "noprop", "lm", "compare", "--minutes", "0.05" if args.smoke else "0.5",
           "--device", args.device, "--out", str(work / "lm"), "--no-progress"]  # fmt: skip
