@@ -66,3 +66,18 @@ def test_bench_background_load_measures_quiet_and_loaded(tmp_path):
         assert row["loaded"]["train_samples_per_s"] > 0 and row["loaded_over_quiet"] > 0
     busy = subprocess.run(["pgrep", "-f", "while time.monotonic"], capture_output=True, text=True)
     assert busy.stdout.strip() == "", "a busy process outlived the bench"
+
+
+def test_bench_efficiency_precision_reports_both(tmp_path):
+    """``--precision bf16-mixed``: every method measured in float32 and in bf16, with the ratios."""
+    out = tmp_path / "eff.json"
+    rc = main(["bench", "efficiency", "--methods", "dt", "--max-batches", "2", "--T", "2",
+               "--max-train-samples", "256", "--eval-samples", "20", "--precision", "bf16-mixed",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    row = json.loads(out.read_text())["methods"]["dt"]
+    assert row["precision"] == "32" and row["mixed"]["precision"] == "bf16-mixed"
+    for key in ("mixed_over_32_step_time", "mixed_over_32_peak_memory",
+                "mixed_over_32_inference_time"):  # fmt: skip
+        assert row[key] > 0
+    assert isinstance(row["mixed"]["native_bf16"], bool)

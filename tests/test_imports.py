@@ -19,7 +19,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "noprop"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "base",
-        ("errors", "version", "device", "atomic", "options", "runtime", "limits", "untrusted"),
+        (
+            "errors",
+            "version",
+            "device",
+            "atomic",
+            "options",
+            "runtime",
+            "limits",
+            "untrusted",
+            "precision",
+        ),
     ),
     ("math", ("schedules", "schedules_ct", "schedules_edm", "solvers")),
     ("models", ("models",)),

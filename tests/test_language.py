@@ -1,5 +1,8 @@
 """Next-byte prediction (issue 11): causality, NoProp-LM locality, the metrics, the CLI end to end.
 
+Causality covers every text method (back-prop, DT, CT, FM with both sources, DiffusionBlocks);
+CT/FM on text have their own file, tests/test_text_ctfm.py.
+
 Every model here is tiny (context 16, width 16-32, 2 heads, T 2-3) so the file runs in well under a
 minute on two cores. Properties are checked by perturbation, each with a control showing that the
 check can fail (a non-causal attention is caught; perturbing block t itself does change its loss).
@@ -35,7 +38,9 @@ LN2 = math.log(2.0)
 
 
 def _method(name: str, T: int = 2, **extra):
-    cfg = make_config(dataset="stdlib", method=name, T=T, width=16, heads=2, context=L, **extra)
+    if name not in ("ct", "fm"):  # one network: no --T
+        extra["T"] = T
+    cfg = make_config(dataset="stdlib", method=name, width=16, heads=2, context=L, **extra)
     task = LanguageTask("stdlib", L)
     return build_method(cfg, task), cfg, task
 
@@ -76,6 +81,10 @@ def _readouts(kind: str, method, x: torch.Tensor) -> torch.Tensor:
     return method.predict_steps(x, deterministic=True)
 
 
+INFERENCE = ("deterministic", "stochastic")
+CONTINUOUS = [f"{n}-{k}" for n in ("ct", "ct-ode", "fm", "fm-current-token") for k in INFERENCE]
+
+
 def _causal_models():
     lm = TransformerLM(L, 16, 2, 2).eval()
     _generic(lm)
@@ -85,7 +94,17 @@ def _causal_models():
     _generic(dt)
     db, _, _ = _method("diffusionblocks", T=2)
     _generic(db)
+    continuous = {  # NoProp-CT (ancestral sampler and probability-flow ODE) and NoProp-FM
+        "ct": _method("ct", inference_steps=3, t_samples=2)[0],
+        "ct-ode": _method("ct", inference_steps=3, solver="heun")[0],
+        "fm": _method("fm", inference_steps=3)[0],
+        "fm-current-token": _method("fm", inference_steps=3, fm_source="current-token")[0],
+    }
+    for m in continuous.values():  # CT's schedule keeps its init (γ from 3 to −3): random weights
+        _generic(m.block)  # could make its a_k tiny and a leak invisible to the control below
+        _generic(m.head)
     return {
+        **{f"{n}-{kind}": (kind, m.eval()) for n, m in continuous.items() for kind in INFERENCE},
         "diffusionblocks-deterministic": ("deterministic", db.eval()),
         "diffusionblocks-stochastic": ("stochastic", db.eval()),
         "TransformerLM": ("lm", lm),
@@ -110,7 +129,7 @@ def _leaks(kind: str, model, x: torch.Tensor, j: int) -> tuple[float, bool]:
 @pytest.mark.parametrize(
     "name",
     ["TransformerLM", "backprop-lens", "dt-deterministic", "dt-stochastic"]
-    + ["diffusionblocks-deterministic", "diffusionblocks-stochastic"],
+    + ["diffusionblocks-deterministic", "diffusionblocks-stochastic", *CONTINUOUS],
 )
 @pytest.mark.parametrize("j", POSITIONS)
 def test_changing_byte_j_changes_nothing_before_j(causal_models, name, j):
@@ -428,7 +447,7 @@ def test_text_run_resumes(tmp_path):
 # ----------------------------------------------------------------------------- 6. clear errors
 
 ERRORS = {
-    "ct-on-text": (["--method", "ct"], "ct"),
+    "adjoint-on-text": (["--method", "adjoint"], "adjoint"),
     "prototype-on-text": (["--embedding", "prototype"], "prototype"),
     "width-not-a-multiple-of-heads": (["--width", "30", "--heads", "4"], "--heads"),
     "no-data-dir": (None, "--data-dir"),

@@ -22,6 +22,7 @@ from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError
 from .flags import add_config_flags, given_flags
+from .precision import PRECISIONS
 from .presets import PRESETS, resolve_flat
 from .rundir import RunDir
 from .runs import evaluate_chains, evaluate_run, sweep_steps, train
@@ -29,11 +30,15 @@ from .runs.inputs import check_predictions_path, read_inputs, write_predictions
 from .runs.listing import describe, find_runs, format_rows
 from .runs.model import export, load
 from .runs.sweep import STEP_METHODS
+from .runs.train import say_thread_cap
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"noprop: error: {message}\n")
+
+
+PRECISION_HELP = "networks under autocast at inference (default: the run's training precision)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     e = sub.add_parser("eval", help="evaluate a run's selected model on the test set")
     e.add_argument("run_dir")
     e.add_argument(
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
+    e.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     e.add_argument(
         "--chains",
         help="comma-separated chain counts, e.g. 1,4,16: test accuracy and seconds of averaging the "
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, help="seed of the inference noise (default: the run's)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--threads", type=int)
+    pr.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     ex = sub.add_parser("export", help="weights (safetensors) + config + normalisation, no pickle")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True, help="directory to create")
@@ -121,17 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_threads(n: int | None) -> None:
+    """``--threads`` of eval and predict; without it, say when the start-up cap is in force
+    (train records its thread count with the run: noprop/runs/train.py)."""
     import torch
 
     if n is not None:
         if n < 1:
             raise NoPropError(f"--threads must be >= 1 (got {n})")
         torch.set_num_threads(n)
+    else:
+        say_thread_cap(torch.get_num_threads())
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
     given = given_flags(ns)
-    _set_threads(ns.threads)
     if ns.resume:
         if ns.out and ns.out != ns.resume:
             raise NoPropError("give either --resume RUN_DIR or --out, not both")
@@ -155,12 +164,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def end_of_run_line(summary: dict, out: str) -> str:
-    """``val 0.9722 · test 0.9611 (deterministic 0.9778) · 30 epochs · 25.1 s · runs/...``."""
+    """``val 0.9722 · test 0.9583 (deterministic 0.9778) · 30 epochs · 25.1 s · 2 threads · runs/...``
+    (the thread count: the numbers depend on it)."""
     val = summary["val_accuracy"]
+    threads = summary.get("num_threads")
     return (
         f"val {'-' if val is None else f'{val:.4f}'} · test {summary['test_accuracy']:.4f} "
         f"(deterministic {summary['test_accuracy_deterministic']:.4f}) · {summary['epochs']} "
-        f"epochs · {summary['train_seconds']:.1f} s · {out}"
+        f"epochs · {summary['train_seconds']:.1f} s · {threads} thread{'' if threads == 1 else 's'} "
+        f"· {out}"
     )
 
 
@@ -172,7 +184,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.chains:
         return _eval_chains(ns)
     r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device,
-                     compile=ns.compile)  # fmt: skip
+                     compile=ns.compile, precision=ns.precision)  # fmt: skip
     mode = "deterministic" if r["deterministic"] else "stochastic"
     print(
         f"test accuracy ({mode}, {r['runs']} runs): {r['test_accuracy']:.4f} ± "
@@ -204,7 +216,8 @@ def _parse_list(text: str, flag: str, cast=str) -> list:
 
 def _eval_chains(ns: argparse.Namespace) -> int:
     chains = _parse_list(ns.chains, "--chains", int)
-    rows = evaluate_chains(ns.run_dir, chains, device=ns.device, compile=ns.compile)
+    rows = evaluate_chains(ns.run_dir, chains, device=ns.device, compile=ns.compile,
+                           precision=ns.precision)  # fmt: skip
     print(f"{'chains':>13}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
         label = "deterministic" if r["chains"] == 0 else str(r["chains"])
@@ -227,10 +240,18 @@ def _eval_steps(ns: argparse.Namespace) -> int:
         ns.solver = cfg.options.solver  # type: ignore[attr-defined]
     solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic,
-                       compile=ns.compile)  # fmt: skip
-    print(f"{'solver':<10}{'steps':>7}{'accuracy':>10}{'seconds':>10}")
+                       compile=ns.compile, precision=ns.precision)  # fmt: skip
+    bpb = bool(rows) and "test_bits_per_byte" in rows[0]  # text runs
+    print(
+        f"{'solver':<10}{'steps':>7}{'accuracy':>10}"
+        + ("  bits/byte" if bpb else "")
+        + f"{'seconds':>10}"
+    )
     for r in rows:
-        print(f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{r['seconds']:>10.2f}")
+        b = f"{r['test_bits_per_byte']:>11.4f}" if bpb else ""
+        print(
+            f"{r['solver']:<10}{r['steps']:>7}{r['test_accuracy']:>10.4f}{b}{r['seconds']:>10.2f}"
+        )
     print(f"written to {RunDir(ns.run_dir).eval_steps_path}")
     return 0
 
@@ -259,7 +280,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     check_device(ns.device)
     if ns.out:
         check_predictions_path(ns.out, overwrite=ns.overwrite)
-    model = load(ns.run_dir, ns.device)
+    model = load(ns.run_dir, ns.device, ns.precision)
     images, names = read_inputs(ns.inputs, model.in_shape)
     probs = model.predict_proba(
         images, chains=ns.chains, deterministic=ns.deterministic, seed=ns.seed

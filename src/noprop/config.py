@@ -186,6 +186,7 @@ class RunConfig:
                 f"{self.data.dataset}; methods that do: "
                 + ", ".join(n for n, c in METHODS.items() if task in c.tasks)
             )
+        cls.check_task(self.options, task)
         if parallel in ("blocks", "fused") and not cls.local_units:
             raise ConfigError(
                 f"--parallel {parallel} splits a method's independently trained blocks, but "

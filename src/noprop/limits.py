@@ -36,6 +36,7 @@ MAX_CONFIG_VALUES: dict[str, int] = {
     "context": 65_536,
     "batch_size": 1 << 20,
     "eval_batch_size": 1 << 20,
+    "threads": 4096,  # torch CPU threads, each an OS thread
 }
 #: text: transformer layers in all blocks together (``T`` × ``block_layers``), like ``T`` for images
 MAX_TOTAL_LAYERS = MAX_CONFIG_VALUES["T"]

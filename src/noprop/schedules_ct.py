@@ -128,12 +128,12 @@ class LearnedSchedule(nn.Module):
         """z_t ~ q(z_t | y) = N(sqrt(ᾱ_t) u_y, (1 − ᾱ_t) I) per example (Eq. 6, Algorithm 2).
 
         Args:
-            u_y: (B, d).
-            t: (B,) or a scalar.
+            u_y: (B, d), or (B, L, d) with a label per position.
+            t: u_y's shape without its last dimension, or a scalar.
 
         Returns:
-            (B, d), differentiable w.r.t. ψ (reparameterised).
+            u_y's shape, differentiable w.r.t. ψ (reparameterised).
         """
-        gamma = self.gamma(t).reshape(-1, 1)
+        gamma = self.gamma(t).unsqueeze(-1)
         eps = torch.randn_like(u_y)
         return torch.sigmoid(-gamma).sqrt() * u_y + torch.sigmoid(gamma).sqrt() * eps

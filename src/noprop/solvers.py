@@ -110,6 +110,10 @@ def integrate(
         ConfigError: unknown solver.
     """
     check_solver(solver)
+    field = f
+    # the solver state stays in y0's dtype under --precision *-mixed (the field is a network that
+    # autocast may run in bf16/fp16; the cast boundary is described in noprop/precision.py)
+    f = lambda s, y: field(s, y).to(y0.dtype)  # noqa: E731
     if solver in ADAPTIVE:
         from torchdiffeq import odeint  # optional dependency (extra "ct")
 

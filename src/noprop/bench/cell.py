@@ -43,7 +43,16 @@ def evaluate_train_accuracy(
     x, y = (t.to(dev) for t in as_source(data.train).gather(idx))
     bs = cfg.train.eval_batch_size
     accs = [
-        evaluate(method, x, y, bs, False, seed=cfg.train.seed + r, task=task)["accuracy"]
+        evaluate(
+            method,
+            x,
+            y,
+            bs,
+            False,
+            seed=cfg.train.seed + r,
+            task=task,
+            precision=cfg.train.precision,
+        )["accuracy"]  # fmt: skip
         for r in range(runs)
     ]
     return {"accuracies": accs, "num_samples": int(x.shape[0])}

@@ -50,6 +50,7 @@ from ..data.sources import split_tensors
 from ..device import pick_device
 from ..errors import NoPropError
 from ..methods import METHODS
+from ..precision import PRECISIONS, native_bf16
 from ..runs import load_data
 from ..training.trainer import Trainer, evaluate
 from . import report
@@ -195,7 +196,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     n_test = min(args.eval_samples, data.test[0].shape[0])
     xt, yt = trainer.to_device(data.test[0][:n_test]), data.test[1][:n_test].to(device)
     start = time.perf_counter()
-    evaluate(method, xt, yt, cfg.train.eval_batch_size)
+    evaluate(method, xt, yt, cfg.train.eval_batch_size, precision=cfg.train.precision)
     infer_s = time.perf_counter() - start
     image_cache = time_image_cache(method, xt[:CACHE_SAMPLES]) if method.continuous_time else None
     blocks_per_step = 1 if units > 1 else getattr(method, "T", 1)
@@ -209,6 +210,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "method": args.method,
         "device": str(device),
+        "precision": cfg.train.precision,
+        "native_bf16": native_bf16(device),
         "num_train": int(x.shape[0]),
         "batch_size": bs,
         "measured_steps": steps,
@@ -313,6 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "device": args.device,
@@ -328,6 +332,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"bench efficiency: measuring {m} ...", file=sys.stderr, flush=True)
         try:
             out["methods"][m] = r = run_worker(m, args, method_overrides(m, overrides))
+            if args.precision != "32":  # the same worker under the mixed policy, right after
+                print(f"bench efficiency: measuring {m} in {args.precision} ...", file=sys.stderr,
+                      flush=True)  # fmt: skip
+                mixed = run_worker(m, args, {**method_overrides(m, overrides),
+                                             "precision": args.precision})  # fmt: skip
+                r["mixed"] = mixed
+                r["mixed_over_32_step_time"] = (
+                    mixed["train_seconds_per_step"] / r["train_seconds_per_step"]
+                )
+                r["mixed_over_32_peak_memory"] = mixed["peak_train_memory_bytes"] / max(
+                    r["peak_train_memory_bytes"], 1
+                )
+                r["mixed_over_32_inference_time"] = (
+                    r["inference_samples_per_s"] / mixed["inference_samples_per_s"]
+                )
             if args.background_load:
                 print(
                     f"bench efficiency: measuring {m} under load ...", file=sys.stderr, flush=True
@@ -388,6 +407,20 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['peak_train_memory_bytes'] / 2**20:>10.1f}{gflops:>9}{frac:>9}"
         )
     for m, r in result["methods"].items():
+        if "mixed" in r:
+            mx = r["mixed"]
+            lines.append(
+                f"{m} {mx['precision']} / 32: step time {r['mixed_over_32_step_time']:.3f} "
+                f"({mx['train_seconds_per_step'] * 1e3:.1f} vs {r['train_seconds_per_step'] * 1e3:.1f}"
+                f" ms), peak memory {r['mixed_over_32_peak_memory']:.3f}, inference time "
+                f"{r['mixed_over_32_inference_time']:.3f}"
+                + (
+                    " [no native bf16 on this device]"
+                    if mx["precision"] == "bf16-mixed" and not mx["native_bf16"]
+                    else ""
+                )
+            )
+    for m, r in result["methods"].items():
         c = r.get("image_cache")
         if c:
             lines.append(
@@ -446,6 +479,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1800.0,
         help="upper bound on each busy process's life in seconds (default 1800)",
     )
+    p.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="also measure every method under this --precision, right after its float32 "
+                   "measurement, and report mixed / 32 ratios (default 32: float32 only)")  # fmt: skip
     p.add_argument("--out", help="write the JSON result here")
 
 

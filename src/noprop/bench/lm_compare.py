@@ -61,6 +61,7 @@ from ..methods import Method
 from ..models import count_parameters as count_trainable
 from ..models.config import TEXT_EMBED_DIM
 from ..models.transformer import embedding_parameters
+from ..precision import PRECISIONS, autocast
 from ..rundir import RunDir
 from ..runs.evaluate import load_run_with_task
 from ..runs.language import (
@@ -105,6 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="both models, training and evaluation (default 32: the paper's)")  # fmt: skip
     p.add_argument("--eval-windows", type=int, default=None,
                    help="evaluate on the first N test windows only (default: all)")  # fmt: skip
     p.add_argument(
@@ -118,7 +121,7 @@ def _configs(ns: argparse.Namespace, noprop_width: int) -> dict[str, RunConfig]:
     common = dict(
         dataset=ns.dataset, data_dir=ns.data_dir, context=ns.context, heads=ns.heads, T=ns.layers,
         batch_size=ns.batch_size, lr=ns.lr, lr_schedule=ns.lr_schedule, seed=ns.seed,
-        device=ns.device,
+        device=ns.device, precision=getattr(ns, "precision", "32"),
     )  # fmt: skip
     return {
         "backprop": make_config(method="backprop", width=ns.width, **common),
@@ -233,7 +236,7 @@ def train_child(cfg: RunConfig, out: Path, *, overwrite: bool, progress: bool) -
     run = RunDir(out)
     cmd = [sys.executable, "-m", "noprop", "train"]
     if run.is_run():
-        same = run.read_config() == cfg.to_dict()
+        same = _without_threads(run.read_config()) == _without_threads(cfg.to_dict())
         if same and run.read_summary() is not None:
             return {"reused": True, "peak_rss_mib": None, "child_seconds": None}
         if not same and not overwrite:
@@ -257,6 +260,13 @@ def train_child(cfg: RunConfig, out: Path, *, overwrite: bool, progress: bool) -
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "child_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _without_threads(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json without the thread count the child recorded (``--threads``: not given here, so
+    each child runs with the cores it finds; runs from before it was recorded lack the key)."""
+    train = {k: v for k, v in config.get("train", {}).items() if k != "threads"}
+    return {**config, "train": train}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -434,8 +444,9 @@ def _evaluate(ns, out: Path, plan, training, device, progress) -> dict[str, Any]
         if ns.eval_windows:
             xv, yv = xv[: ns.eval_windows], yv[: ns.eval_windows]
         kw = {"chains": ns.chains, "seed": ns.seed, "progress": progress}
-        temps = fit_temperatures(method, xv, yv, **kw)  # validation only
-        test = test_scores(method, x, y, temperatures=temps, with_trajectory=True, **kw)
+        with autocast(cfg.train.precision, dev):
+            temps = fit_temperatures(method, xv, yv, **kw)  # validation only
+            test = test_scores(method, x, y, temperatures=temps, with_trajectory=True, **kw)
         report["trajectory"][name] = test.pop("trajectory")  # same pass: one deterministic chain
         report["runs"][name]["test"] = test
         vectors = method.lm.unembedding if name == "backprop" else method.embedding.weight  # type: ignore[union-attr]
@@ -447,7 +458,10 @@ def _evaluate(ns, out: Path, plan, training, device, progress) -> dict[str, Any]
         prompt = ns.prompt.encode() if ns.prompt else bytes(data.test[0].flatten()[:64].tolist())
         report["samples"]["prompt"] = prompt.decode("utf-8", "replace")
         if ns.sample_bytes:
-            text = generate(method, prompt, ns.sample_bytes, context=cfg.data.context, seed=ns.seed)
+            with autocast(cfg.train.precision, dev):
+                text = generate(
+                    method, prompt, ns.sample_bytes, context=cfg.data.context, seed=ns.seed
+                )
             report["samples"][name] = text.decode("utf-8", "replace")
     report["test_windows"] = test_windows
     return report

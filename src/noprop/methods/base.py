@@ -102,6 +102,11 @@ class BuildContext:
         return self.task.build_block(family, self.model, d)
 
 
+def repeat_rows(t: Tensor, k: int) -> Tensor:
+    """``t`` stacked ``k`` times along dim 0: row j·B + i is row i (any number of dimensions)."""
+    return t.repeat(k, *([1] * (t.dim() - 1)))
+
+
 class Method(nn.Module):
     """Base class: subclasses implement :meth:`from_config`, :meth:`loss` and :meth:`predict_steps`."""
 
@@ -132,6 +137,11 @@ class Method(nn.Module):
     def from_config(cls, options: Any, ctx: BuildContext) -> Method:
         """Build the method from its options; the caller has seeded torch's global RNG."""
         raise NotImplementedError
+
+    @classmethod
+    def check_task(cls, options: Any, task: str) -> None:
+        """A one-line ConfigError for options the task (a key of :data:`noprop.tasks.TASKS`)
+        cannot take; called when the run config is made (default: every option fits)."""
 
     @classmethod
     def units_for(cls, options: Any) -> int:
@@ -249,6 +259,10 @@ class ContinuousTimeMethod(Method):
         once more, with dynamic shapes, inside the evaluation that meets it."""
         if not self.compilable:
             return super().compile_inference(batch_size)
+        if self.label_dims:
+            raise ConfigError(
+                f"--compile was measured for image blocks only; --method {self.name} on text runs eager"
+            )
         compiled = torch.compile(self.block.fuse)
         # not a registered attribute: state_dict ignores it; copies and pickles drop it
         self._compiled_fuse = (compiled, id(self.block))
@@ -297,7 +311,7 @@ class ContinuousTimeMethod(Method):
         return steps, solver
 
     def sample_times(self, h_x: Tensor, u_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """K = ``t_samples`` independent t ~ U(0, 1) per example; h_x and u_y repeated to match.
+        """K = ``t_samples`` independent t ~ U(0, 1) per label; h_x and u_y repeated to match.
 
         The t-expectation of Eqs. 9 and 11 is estimated with K draws per example instead of one: the
         objective and each t's distribution are unchanged (every row still has t ~ U(0, 1), i.i.d.),
@@ -305,15 +319,21 @@ class ContinuousTimeMethod(Method):
         still runs once per image; only the cheap label/time/fusion layers run K times. [I]: the
         paper draws one t per example (Algorithm 2); K = 1 reproduces that exactly.
 
+        On text (a label per position) t is drawn per position ([I]): positions are separate
+        predictions — a position's z reaches only its own logits — so each one is its own example of
+        Eqs. 9/11, as DiffusionBlocks draws σ per position; the context is still encoded once.
+
         Args:
-            h_x: image features (B, F); u_y: clean label embeddings (B, d).
+            h_x: image features (B, F) or context features (B, L, F); u_y: clean label embeddings
+                (B, d) or (B, L, d).
 
         Returns:
-            (h_x, u_y, t) of shapes (K·B, F), (K·B, d), (K·B,); row k·B + i belongs to example i.
+            (h_x, u_y, t) of shapes (K·B, [L,] F), (K·B, [L,] d), (K·B[, L]); row k·B + i belongs
+            to example i.
         """
         if self.t_samples > 1:
-            h_x, u_y = h_x.repeat(self.t_samples, 1), u_y.repeat(self.t_samples, 1)
-        return h_x, u_y, torch.rand(u_y.shape[0], device=u_y.device)
+            h_x, u_y = repeat_rows(h_x, self.t_samples), repeat_rows(u_y, self.t_samples)
+        return h_x, u_y, torch.rand(u_y.shape[:-1], device=u_y.device)
 
     @torch.no_grad()
     def predict_steps(
@@ -325,7 +345,8 @@ class ContinuousTimeMethod(Method):
         solver: str | None = None,
     ) -> Tensor:
         """Integrate from z_0 (t = 0) to z_1 with the image features h_x computed once per input;
-        read-out logits at ≤ 11 evenly spaced grid points incl. the last, (S, B, m)."""
+        read-out logits at ≤ 11 evenly spaced grid points incl. the last, (S, B, m) (text:
+        (S, B, L, m), every position on the one t-grid)."""
         steps, solver = self.inference_options(steps, solver)
         zs = self.trajectory(
             self.block.encode_x(x),
@@ -363,8 +384,10 @@ class ContinuousTimeMethod(Method):
         return self.head(z, self.embedding.weight)
 
     def initial_z(self, x: Tensor, deterministic: bool) -> Tensor:
-        """z_0 ~ N(0, I), or its mode z_0 = 0 when ``deterministic``; shape (B, d)."""
-        shape = (x.shape[0], self.embedding.dim)
+        """z_0 ~ N(0, I), or its mode z_0 = 0 when ``deterministic``; shape :meth:`z_shape`
+        ((B, d), or (B, L, d) on text, in W_Embed's dtype: x then holds byte ids)."""
+        shape = self.z_shape(x)
+        dtype = x.dtype if x.is_floating_point() else self.embedding.weight.dtype
         if deterministic:
-            return x.new_zeros(shape)
-        return torch.randn(shape, device=x.device, dtype=x.dtype)
+            return torch.zeros(shape, device=x.device, dtype=dtype)
+        return torch.randn(shape, device=x.device, dtype=dtype)

@@ -9,6 +9,14 @@ image features. For the probability-flow ODE: r = sqrt(SNR(t)) = exp(−γ(t)/2)
 Training (Algorithm 2): each image gets K = ``t_samples`` independent t ~ U(0, 1) and z_t ~ q(z_t | y)
 that share its image features h_x ([I], ContinuousTimeMethod.sample_times; the paper draws one, K = 1).
 
+Text (a label per position, the NoProp-LM setting of models/transformer.py): the block is
+:class:`~noprop.models.transformer.ContinuousLanguageBlock` (the causal context encoder once per
+window; label, time and fusion layers position-wise). Every term of Eq. 9 is per position: t, z_t and
+the noise of z_1 are drawn per position ([I], sample_times) and the terms are averaged over
+positions. Inference integrates every position's z on the one t-grid (a scalar t): the positions'
+ODEs are uncoupled, so this is each position's own solve, run in one batch; causal because position
+i's field reads only the context up to i and its own z.
+
 Inference (``--solver``; [I], the paper only says "T = 1000 steps"):
 
 * ODE solvers (euler, heun, midpoint, rk4, or torchdiffeq's adaptive ones) integrate the probability-flow
@@ -94,6 +102,7 @@ class NoPropCT(ContinuousTimeMethod):
     Config = CTConfig
     default_optimizer = "adam"
     solvers = CT_SOLVERS
+    tasks = ("classification", "language")
     compilable = True  # --compile: 0.89x (one-hot) / 0.74x (prototype) inference time, measured
 
     @classmethod
@@ -149,7 +158,8 @@ class NoPropCT(ContinuousTimeMethod):
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 9 / Eq. 62 on one mini-batch (Algorithm 2)."""
         s, W = self.schedule, self.embedding.weight
-        # 1. u_y = W_Embed[y]; per-example t_i ~ U(0, 1), K = t_samples draws per example
+        # 1. u_y = W_Embed[y]; per-example t_i ~ U(0, 1), K = t_samples draws per example (text:
+        #    per position; every shape below then has an extra L after the batch dimension)
         u_y = self.embedding(y)  # (B, d)
         h_x, u_k, t = self.sample_times(self.block.encode_x(x), u_y)  # (KB, ·), t: (KB,)
         # 2. z_t ~ q(z_t | y) with ᾱ_t = σ(−γ_ψ(t)) (reparameterised, so ψ gets gradient)
@@ -161,7 +171,7 @@ class NoPropCT(ContinuousTimeMethod):
         gamma_0, gamma_1 = s.gamma_endpoints()
         eps = torch.randn_like(u_y)
         z_1 = torch.sigmoid(-gamma_0).sqrt() * u_y + torch.sigmoid(gamma_0).sqrt() * eps
-        ce = F.cross_entropy(self.head(z_1, W), y)
+        ce = F.cross_entropy(self.head(z_1, W).flatten(0, -2), y.flatten())
         # 5. KL(q(z_0 | y) ‖ N(0, I)) with ᾱ_0 = σ(−γ1)
         kl = kl_prior(u_y, torch.sigmoid(-gamma_1)).mean()
         total = ce + kl + denoise

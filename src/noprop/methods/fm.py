@@ -14,6 +14,22 @@ z̃_1 ``z1_tilde`` = z_t + (1 − t) v_θ (Eq. 12), h_x the cached image feature
   stable: one Euler step already lands on E[u_y | x] for the exact field.
 * Read-out: the class whose embedding is nearest (Euclidean) to z (paper), returned as logits
   −‖z − u_k‖² so argmax is the prediction; reported on z_t at ≤ 11 evenly spaced grid points.
+
+Text (a label per position; the block is :class:`~noprop.models.transformer.ContinuousLanguageBlock`,
+causal context encoder once per window, label/time/fusion layers position-wise): t, z_0 and the path
+noise are drawn per position ([I], as CT: ContinuousTimeMethod.sample_times) and Eq. 11 is averaged
+over positions; inference integrates every position on one t-grid (the positions' ODEs are uncoupled).
+
+``--fm-source current-token`` (text only; the "path in embedding space between the current token and
+the next token" that the NoProp post sees in a transformer's residual stream): the flow starts at the
+embedding of the byte *at* the position, z_0 = W_Embed[x_i] + σ_src ε, instead of N(0, I), and ends at
+the next byte's, z_1 = W_Embed[y_i] = W_Embed[x_{i+1}]; the path, the target u_y − z_0 and inference
+are otherwise unchanged (deterministic inference starts at W_Embed[x_i] exactly). [I] σ_src
+(``--fm-source-sigma``, default 0.1, not tuned) is added because an ODE is a deterministic map: from
+a single point it reaches a single point, so without noise the flow could not split one source into
+the several next bytes a context allows; with it, the small ball around W_Embed[x_i] is divided among
+them (stochastic inference samples a next byte, as the noise source does). Gradient reaches a learned
+W_Embed through both ends of the path (one table), as through u_y in the paper's form.
 """
 
 from __future__ import annotations
@@ -25,11 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
 from ..options import non_negative
 from ..solvers import ODE_SOLVERS
-from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions
+from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions, repeat_rows
+
+#: where the flow starts: the paper's Gaussian noise, or (text) the current byte's embedding
+FM_SOURCES = ("noise", "current-token")
+DEFAULT_SOURCE_SIGMA = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,10 +59,19 @@ class FMConfig(TimeSamplingOptions):
     """inference ODE solver: euler (default for fm/adjoint), heun, midpoint, rk4, dopri5 ..."""
     fm_sigma: float = 0.0
     """fm: σ of the Gaussian probability path (Eq. 10)"""
+    fm_source: Literal[FM_SOURCES] = "noise"  # type: ignore[valid-type]
+    """fm: where the flow starts: noise (z_0 ~ N(0, I), the paper) or current-token (text only:
+    the embedding of the byte at each position, flowing to the next byte's)"""
+    fm_source_sigma: float = DEFAULT_SOURCE_SIGMA
+    """fm --fm-source current-token: std σ_src of the Gaussian noise added to the current byte's
+    embedding, z_0 = W_Embed[x_i] + σ_src ε"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         non_negative("fm_sigma", self.fm_sigma)
+        non_negative("fm_source_sigma", self.fm_source_sigma)
+        if self.fm_source == "noise" and self.fm_source_sigma != DEFAULT_SOURCE_SIGMA:
+            raise ConfigError("--fm-source-sigma applies to --fm-source current-token only")
 
 
 def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
@@ -54,16 +84,28 @@ class NoPropFM(ContinuousTimeMethod):
     label = "NoProp-FM"
     Config = FMConfig
     default_optimizer = "adam"
+    tasks = ("classification", "language")
     compilable = True  # --compile: 0.78x with prototypes, but 1.10x (slower) one-hot, measured
 
     @classmethod
+    def check_task(cls, options: FMConfig, task: str) -> None:
+        if options.fm_source == "current-token" and task != "language":
+            raise ConfigError(
+                f"--fm-source current-token flows from the current byte to the next; the {task} "
+                "task has no current token (use --fm-source noise)"
+            )
+
+    @classmethod
     def from_config(cls, options: FMConfig, ctx: BuildContext) -> NoPropFM:
+        cls.check_task(options, ctx.task.name)
         emb, head = ctx.embedding_and_head()
         return cls(
             ctx.block("continuous", emb.dim),
             emb,
             head,
             sigma=options.fm_sigma,
+            source=options.fm_source,
+            source_sigma=options.fm_source_sigma,
             inference_steps=options.inference_steps,
             solver=options.solver,
             t_samples=options.t_samples,
@@ -76,6 +118,8 @@ class NoPropFM(ContinuousTimeMethod):
         head: torch.nn.Module,
         *,
         sigma: float = FMConfig.fm_sigma,
+        source: str = FMConfig.fm_source,
+        source_sigma: float = FMConfig.fm_source_sigma,
         inference_steps: int = FMConfig.inference_steps,
         solver: str = FMConfig.solver,
         t_samples: int = FMConfig.t_samples,
@@ -89,6 +133,8 @@ class NoPropFM(ContinuousTimeMethod):
             t_samples=t_samples,
         )
         self.sigma = sigma
+        self.source = source
+        self.source_sigma = source_sigma
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
@@ -104,16 +150,17 @@ class NoPropFM(ContinuousTimeMethod):
 
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 11 (+ Eq. 13 with a learned W_Embed) on one mini-batch (Algorithm 3)."""
-        # 1. z_1 = u_y, z_0 ~ N(0, I), t_i ~ U(0, 1), K = t_samples draws per example
+        # 1. z_1 = u_y, z_0 ~ N(0, I) (or the current byte's embedding), t_i ~ U(0, 1), K =
+        #    t_samples draws per example (text: per position, shapes (KB, L, ·))
         h_x, u_y, t = self.sample_times(self.block.encode_x(x), self.embedding(y))  # (KB, ·)
-        z_0 = torch.randn_like(u_y)
-        t = t.unsqueeze(1)  # (KB, 1)
+        z_0 = self.source_z(x, u_y, deterministic=False)
+        t = t.unsqueeze(-1)  # (KB, 1)
         # 2. z_t ~ N(t z_1 + (1 − t) z_0, σ²)  (Eq. 10)
         z_t = t * u_y + (1 - t) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * torch.randn_like(z_t)
         # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11)
-        v = self.v(h_x, z_t, t.squeeze(1))
+        v = self.v(h_x, z_t, t.squeeze(-1))
         fm = (v - (u_y - z_0)).pow(2).sum(-1).mean()
         parts = {"fm": fm.detach()}
         total = fm
@@ -121,11 +168,29 @@ class NoPropFM(ContinuousTimeMethod):
         if self.embedding.learnable:
             z1_tilde = z_t + (1 - t) * v
             ce = F.cross_entropy(
-                self.head(z1_tilde, self.embedding.weight), y.repeat(self.t_samples)
+                self.head(z1_tilde, self.embedding.weight).flatten(0, -2),
+                repeat_rows(y, self.t_samples).flatten(),
             )
             total = total + ce
             parts["ce"] = ce.detach()
         return total, {"loss": total.detach(), **parts}
+
+    def source_z(self, x: Tensor, like: Tensor, *, deterministic: bool) -> Tensor:
+        """z_0 of the path, shaped like ``like`` (the labels' embeddings, K·B rows for B inputs
+        ``x``): N(0, I) noise, or with ``--fm-source current-token`` W_Embed[x] + σ_src ε, row k·B + i
+        from input i; ``deterministic``: the mode (0, or W_Embed[x])."""
+        if self.source == "noise":
+            return torch.zeros_like(like) if deterministic else torch.randn_like(like)
+        z_0 = repeat_rows(self.embedding(x.long()), like.shape[0] // x.shape[0])
+        if deterministic or self.source_sigma == 0:
+            return z_0
+        return z_0 + self.source_sigma * torch.randn_like(z_0)
+
+    def initial_z(self, x: Tensor, deterministic: bool) -> Tensor:
+        """Inference's z_0: :meth:`source_z` (the noise source: ContinuousTimeMethod's, unchanged)."""
+        if self.source == "noise":
+            return super().initial_z(x, deterministic)
+        return self.source_z(x, x.new_empty(x.shape[0]), deterministic=deterministic)
 
     def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """The inference ODE's field dz/dt is v_θ itself."""

@@ -42,7 +42,7 @@ from ..tasks import Task
 from ..training.callbacks import Callback, Losses
 from ..training.config import TrainConfig
 from ..training.order import Step, derive_seed, seeded_batches
-from ..training.steps import Optimizers, Parts, StepFunction, grads_finite
+from ..training.steps import Optimizers, Parts, StepFunction
 from ..training.trainer import Trainer
 from .ddp import GradSync, replica_seed, shard
 from .distributed import DistContext, collective
@@ -120,32 +120,51 @@ class PlacementOrder:
 
 
 class SyncStep(StepFunction):
-    """One synchronised step: this rank's unit (none when idle) and the shared parameters."""
+    """One synchronised step: this rank's unit (none when idle) and the shared parameters.
 
-    def __init__(self, method: Method, optimizers: Optimizers, ctx: DistContext) -> None:
-        super().__init__(method, optimizers)
+    The step template's hooks: a failure is not raised where it happens but reported through the
+    gradient collective (:class:`GradSync`), so every rank stops — or, under ``16-mixed``, skips the
+    unit — at the same step; the shared optimiser steps on every rank iff some rank contributed a
+    finite gradient (the same decision everywhere, so the shared parameters stay bit-identical)."""
+
+    def __init__(
+        self, method: Method, optimizers: Optimizers, ctx: DistContext, precision: str = "32"
+    ) -> None:
+        super().__init__(method, optimizers, precision)
         self.sync = GradSync(ctx, method)
+        self.shared_ok = True
+        self.fraction = 1.0
 
     def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
-        unit = step.units[0] if step.units else None
-        self.optimizers.zero_grad(unit)
-        parts: Parts = {}
-        bad = False
-        if unit is not None:
-            loss, parts = self.method.loss(x, y, unit)
-            bad = not bool(torch.isfinite(loss))
-            if not bad:
-                loss.backward()
-                bad = not grads_finite(self.method, unit)
-        diverged = self.sync(unit, step.fraction, bad)
+        self.fraction = step.fraction
+        return super().__call__(x, y, step, epoch)
+
+    def units_of(self, step: Step) -> tuple[int, ...]:
+        return tuple(step.units[:1])
+
+    def diverged(self, units: list[int], what: str, epoch: int, losses: Tensor | None) -> None:
+        """Reported to every rank by :meth:`reduce` instead of raised here."""
+
+    def reduce(
+        self, units: tuple[int, ...], bad: Tensor, give_up: Tensor, step: Step, epoch: int
+    ) -> Tensor:
+        unit = units[0] if units else None
+        skipped, diverged, self.shared_ok = self.sync(
+            unit, self.fraction, bool(bad.any()), give_up=bool(give_up.any())
+        )
         if diverged:
+            if self.scalers is not None:
+                self.give_up(diverged, epoch)
             blocks = ", ".join(str(u + 1) for u in diverged)
             raise DivergenceError(
                 f"loss or gradient became NaN or infinite in block {blocks} at epoch "
                 f"{epoch + 1} (reported to every rank)"
             )
-        self.optimizers.step(unit)
-        return [] if unit is None else [(unit, parts)]
+        return torch.tensor([u in skipped for u in units], dtype=torch.bool)
+
+    def apply(self, units: tuple[int, ...], ok: Tensor) -> None:
+        unit = units[0] if units and bool(ok[0]) else None
+        self.optimizers.step(unit, shared=self.shared_ok)
 
 
 class GatherToMain(Callback):
@@ -275,7 +294,7 @@ def block_parallel_trainer(
         task=task,
         progress=progress and ctx.is_main,
         order=PlacementOrder(ctx, cfg),
-        step=lambda m, opt: SyncStep(m, opt, ctx),
+        step=lambda m, opt, precision: SyncStep(m, opt, ctx, precision),
         callbacks=[GatherToMain(ctx), *(callbacks or [])],
         evaluator=main_evaluates(ctx),
     )

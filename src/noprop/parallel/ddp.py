@@ -66,6 +66,10 @@ def _set_grads(params: list[Tensor], flat: Tensor) -> None:
         offset += n
 
 
+#: a unit's flag value that ends the run (1 = skipped; a sum over ranks never reaches it)
+GIVE_UP = 1e6
+
+
 class GradSync:
     """All-reduces one step's gradients across ranks and agrees on divergence (module docstring).
 
@@ -95,18 +99,24 @@ class GradSync:
             return {"world": 4 * (shared + unit_n), "data_group": 0}
         return {"world": 4 * shared, "data_group": 4 * unit_n}
 
-    def __call__(self, unit: int | None, weight: float, bad: bool) -> list[int]:
-        """Reduce gradients in place; return the units (0-based) any rank reported non-finite.
+    def __call__(
+        self, unit: int | None, weight: float, bad: bool, *, give_up: bool = True
+    ) -> tuple[list[int], list[int], bool]:
+        """Reduce gradients in place; return what every rank agrees on: the units (0-based) some
+        rank reported non-finite (skipped), those whose failure ends the run (diverged), and whether
+        the shared parameters received a finite gradient from some rank.
 
         Args:
             unit: the unit this rank trained at this step, or None (idle: contributes zeros).
             weight: this rank's fraction of its group's mini-batch (1 without data replicas).
             bad: this rank's loss or gradients were NaN/inf (its gradients are then not sent).
+            give_up: a bad step ends the run (always, except under ``--precision 16-mixed``, where
+                it is skipped until it keeps failing: ``training/steps.py``).
         """
         w = 0.0 if unit is None or bad else weight
         flags = torch.zeros(self.num_units, device=self.device)
         if bad and unit is not None:
-            flags[unit] = 1.0
+            flags[unit] = GIVE_UP if give_up else 1.0
         unit_params = [] if unit is None else self.method.unit_parameters(unit)
         tail = torch.cat([torch.tensor([w], device=self.device), flags])
         shared_grads = _flat_grads(self.shared, w, self.device)
@@ -127,7 +137,8 @@ class GradSync:
                 torch.distributed.all_reduce(buf)
                 shared_flat, reduced_tail = buf[: -tail.numel()], buf[-tail.numel() :]
         total_weight, *unit_flags = reduced_tail.tolist()
-        diverged = [u for u, flag in enumerate(unit_flags) if flag > 0]
+        skipped = [u for u, flag in enumerate(unit_flags) if flag > 0]
+        diverged = [u for u, flag in enumerate(unit_flags) if flag >= GIVE_UP]
         if self.shared and total_weight > 0:
             _set_grads(self.shared, shared_flat / total_weight)
-        return diverged
+        return skipped, diverged, total_weight > 0

@@ -52,7 +52,7 @@ from ..tasks import Task
 from ..training.callbacks import Callback
 from ..training.config import TrainConfig
 from ..training.order import Interleaved, Step
-from ..training.steps import Optimizers, Parts, StepFunction
+from ..training.steps import Optimizers, Parts, StepFunction, params_finite
 from ..training.trainer import Trainer
 
 
@@ -81,12 +81,17 @@ def check_same_structure(blocks: list[nn.Module]) -> None:
 
 
 class FusedStep(StepFunction):
-    """One optimiser step of every block (and one of the shared parameters) on one batch."""
+    """One optimiser step of every block (and one of the shared parameters) on one batch.
 
-    def __init__(self, method: NoPropDT, optimizers: Optimizers) -> None:
+    The step template's hooks: the losses are the vmapped per-block losses; one backward of their
+    sum gives each block exactly its own gradient (block t's parameters appear only in loss t).
+    Under ``16-mixed`` the T blocks share one GradScaler ([I]: they take one joint optimiser step, so
+    an overflow in any block skips the step of all; per-block scales would need per-block steps)."""
+
+    def __init__(self, method: NoPropDT, optimizers: Optimizers, precision: str = "32") -> None:
         if not isinstance(method, NoPropDT):
             raise ConfigError("--parallel fused needs --method dt")
-        super().__init__(method, optimizers)
+        super().__init__(method, optimizers, precision)
         self.dt = method
         blocks = list(method.blocks)
         check_same_structure(blocks)
@@ -95,6 +100,9 @@ class FusedStep(StepFunction):
         self.fused_optimizer = optimizers.make(list(self.params.values()))
         self._logits = vmap(self._block_logits, in_dims=(0, 0, None, 0), randomness="different")
         self._loss = vmap(method.block_loss, in_dims=(0, None, None, 0, 0))
+
+    def num_scalers(self) -> int:
+        return 1
 
     def _stack(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         params, buffers = stack_module_state(list(self.dt.blocks))
@@ -120,35 +128,64 @@ class FusedStep(StepFunction):
         logits = self._logits(self.params, self.buffers, x, z_prev)  # (T, B, m)
         return self._loss(logits, u_y, y, eps_T, m.weight(torch.arange(1, T + 1, device=y.device)))
 
-    def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
+    # ------------------------------------------------------ template hooks
+    def units_of(self, step: Step) -> tuple[int, ...]:
+        return tuple(range(self.dt.T))
+
+    def losses(self, x: Tensor, y: Tensor, units: tuple[int, ...]) -> tuple[Tensor, list[Parts]]:
+        total, parts = self.loss(x, y)
+        return total, [{k: v[u] for k, v in parts.items()} for u in units]
+
+    def zero_grad(self, units: tuple[int, ...]) -> None:
         self.fused_optimizer.zero_grad(set_to_none=True)
-        shared = self.method.shared_parameters()
         if self.optimizers.shared is not None:
             self.optimizers.shared.zero_grad(set_to_none=True)
-        total, parts = self.loss(x, y)
-        bad = (~torch.isfinite(total)).nonzero().flatten().tolist()
-        if bad:
-            self._diverged(bad, "loss", epoch)
-        # block t's parameters appear only in total[t-1], so each gets exactly its own gradient
-        total.sum().backward()
+
+    def optimizers_of(self, unit: int) -> list[torch.optim.Optimizer]:
+        shared = [] if self.optimizers.shared is None else [self.optimizers.shared]
+        return [self.fused_optimizer, *shared]
+
+    def scaler_of(self, unit: int) -> torch.amp.GradScaler:
+        assert self.scalers is not None
+        return self.scalers[0]
+
+    def grads_ok(self, units: tuple[int, ...]) -> Tensor:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         per_block = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).sum(0)  # (T,)
-        bad = (~torch.isfinite(per_block)).nonzero().flatten().tolist()
-        if bad:
-            self._diverged(bad, "gradient", epoch)
-        for p in shared:  # Σ_t → mean over the T blocks' shared gradients
+        shared_ok = params_finite(self.method.shared_parameters())
+        return torch.isfinite(per_block).cpu() & shared_ok
+
+    def reduce(
+        self, units: tuple[int, ...], bad: Tensor, give_up: Tensor, step: Step, epoch: int
+    ) -> Tensor:
+        bad = super().reduce(units, bad, give_up, step, epoch)
+        return bad.any().expand(len(units)).clone()  # one joint step: all or none
+
+    def apply(self, units: tuple[int, ...], ok: Tensor) -> None:
+        if not bool(ok.all()):
+            return
+        for p in self.method.shared_parameters():  # Σ_t → mean over the T blocks' shared gradients
             if p.grad is not None:
                 p.grad /= self.dt.T
         self.fused_optimizer.step()
         if self.optimizers.shared is not None:
             self.optimizers.shared.step()
-        return [(u, {k: v[u] for k, v in parts.items()}) for u in step.units]
 
-    def _diverged(self, units: list[int], what: str, epoch: int) -> None:
+    def diverged(self, units: list[int], what: str, epoch: int, losses: Tensor | None) -> None:
         blocks = ", ".join(str(u + 1) for u in units)
         raise DivergenceError(
             f"{what} became NaN or infinite in block {blocks} at epoch {epoch + 1}"
         )
+
+    def scaler_states(self) -> list[dict[str, Any]]:
+        """The one scaler's state, once per unit (the sequential checkpoint's layout)."""
+        assert self.scalers is not None
+        return [self.scalers[0].state_dict() for _ in range(self.dt.T)]
+
+    def load_scaler_states(self, states: list[dict[str, Any]]) -> None:
+        """From a sequential checkpoint: the smallest of the units' scales (the safe one)."""
+        assert self.scalers is not None
+        self.scalers[0].load_state_dict(min(states, key=lambda st: float(st["scale"])))
 
     # ------------------------------------------------- sequential-format state
     @torch.no_grad()
@@ -177,14 +214,14 @@ class FusedStep(StepFunction):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        sd = self.optimizers.state_dict()
+        sd = super().state_dict()
         sd["optimizers"] = self._unit_optimizer_states()
         return sd
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Load a sequential-format optimiser state (fused or not) and restack the blocks."""
-        self.optimizers.load_state_dict(sd)
+        super().load_state_dict(sd)
         params, buffers = self._stack()
         for name, v in params.items():
             self.params[name].copy_(v)

@@ -15,6 +15,7 @@ from ..data import DataSplits
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
 from ..methods import Method
+from ..precision import check_precision
 from ..rundir import RunDir
 from ..runtime import load_meter
 from ..tasks import Task
@@ -22,6 +23,14 @@ from ..training.checkpoint import load_checkpoint
 from ..training.trainer import evaluate
 from .model import load
 from .train import build_for_data, check_payload, first_detail, load_data
+
+
+def run_precision(cfg: RunConfig, precision: str | None) -> str:
+    """``--precision`` of an evaluation: the given one, else the run's training precision."""
+    if precision is None:
+        return cfg.train.precision
+    check_precision(precision)
+    return precision
 
 
 def load_run(
@@ -68,13 +77,16 @@ def evaluate_run(
     runs: int = 1,
     device: str = "auto",
     compile: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Test accuracy over ``runs`` inference runs (mean ± standard error) and per-step accuracy.
 
-    ``compile``: compile the method's inference first (ct only; ``compile_seconds`` in the result)."""
+    ``compile``: compile the method's inference first (ct only; ``compile_seconds`` in the result).
+    ``precision``: of the networks (default: the run's training precision)."""
     if runs < 1:
         raise ConfigError(f"--runs must be >= 1 (got {runs})")
     method, cfg, task, data, dev = load_run_with_task(run_dir, device)
+    precision = run_precision(cfg, precision)
     x, y = (t.to(dev) for t in data.test)
     bs = cfg.train.eval_batch_size
     compile_seconds = compile_for_inference(method, bs) if compile else None
@@ -90,6 +102,7 @@ def evaluate_run(
             task=task,
             progress=True,
             desc=f"test run {r + 1}/{runs}",
+            precision=precision,
         )  # fmt: skip
         for r in range(runs)
     ]
@@ -109,6 +122,7 @@ def evaluate_run(
         "accuracies": accs,
         "seconds": round(time.perf_counter() - start, 3),
         "compile_seconds": compile_seconds,
+        "precision": precision,
     }
     for k in results[0].keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte (text)
         if not k.endswith("_per_step"):
@@ -140,13 +154,14 @@ def evaluate_chains(
     device: str = "auto",
     seed: int | None = None,
     compile: bool = False,
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Test accuracy and seconds of averaging the head's probabilities over N stochastic chains
     (``TrainedModel.predict_proba``, one N·B batch per pass) for every N in ``chains``; also the
     deterministic chain (``chains = 0`` in the rows) for comparison. Writes ``eval_chains.json``."""
     if not chains or any(n < 1 for n in chains):
         raise ConfigError(f"--chains takes positive integers (got {chains})")
-    model = load(run_dir, device)
+    model = load(run_dir, device, precision)
     _, data = load_data(model.config, RunDir(run_dir))
     if compile:
         compile_for_inference(model.method, model.config.train.eval_batch_size)
@@ -167,6 +182,7 @@ def evaluate_chains(
             "gflop_per_chain_per_image": gflop,
             "num_test": int(x.shape[0]),
             "other_busy_cores": _rounded(other_busy()),
+            "precision": model.precision,
             "rows": rows,
             "seed": model.config.train.seed if seed is None else seed,
         }  # fmt: skip

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..methods import Method, NoPropDT
 from ..methods.transformer import TransformerBackprop
+from ..precision import float32
 from ..tasks.language import bits, mixture_bits
 
 
@@ -126,9 +127,9 @@ def _readouts(
         if isinstance(method, TransformerBackprop):
             if keep_states:
                 states = method.lm.residual_stream(xb)
-                yield yb, {"output": method.lm.lens(states[-1])}, states
+                yield yb, {"output": float32(method.lm.lens(states[-1]))}, states
             else:
-                yield yb, {"output": method.lm(xb)}, None
+                yield yb, {"output": float32(method.lm(xb))}, None
             continue
         assert isinstance(method, NoPropDT)
         W = method.embedding.weight
@@ -138,6 +139,8 @@ def _readouts(
         xs = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain s holds rows s·B .. s·B + B − 1
         logits = method.head(method.chain(xs, deterministic=False)[-1], W)
         logits = logits.view(chains, B, *logits.shape[1:])
+        # float32 read-outs whatever the --precision the networks ran in (noprop/precision.py)
+        det, logits = float32(det), float32(logits)
         modes = {"deterministic": det, "one_chain": logits[0], "mixture": logits}
         yield yb, modes, zs if keep_states else None
 
@@ -257,7 +260,7 @@ def _add_trajectory(
         read = lambda z: method.head(z, W)  # noqa: E731
     sums = sums or [_Sums() for _ in states]
     for s, h in zip(sums, states, strict=True):
-        s.add(read(h), y, h, vectors)
+        s.add(float32(read(h)), y, float32(h), vectors)
     return sums
 
 
@@ -286,9 +289,10 @@ def next_byte_logits(method: Method, context: Tensor) -> Tensor:
     _check(method)
     x = context.view(1, -1)
     if isinstance(method, TransformerBackprop):
-        return method.lm(x)[0, -1]
+        return float32(method.lm(x)[0, -1])
     assert isinstance(method, NoPropDT)
-    return method.head(method.chain(x, deterministic=True)[-1], method.embedding.weight)[0, -1]
+    z_T = method.chain(x, deterministic=True)[-1]
+    return float32(method.head(z_T, method.embedding.weight)[0, -1])
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from ..data.text import TEXT_DATASETS
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
 from ..methods import Method
+from ..precision import autocast, check_precision
 from ..rundir import EXPORTED_WEIGHTS, NORMALISATION, RunDir
 from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint
@@ -68,6 +69,8 @@ class TrainedModel:
     task: Task
     normalisation: Normalisation
     device: torch.device
+    precision: str = "32"
+    """the networks' precision at inference (``--precision``; default: the run's training precision)"""
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -131,7 +134,8 @@ class TrainedModel:
             for start in range(0, xs.shape[0], bs):
                 xb = xs[start : start + bs]
                 rep = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain k is rows k·B..(k+1)·B−1
-                logits = self.method.predict_steps(rep, deterministic=deterministic)[-1]
+                with autocast(self.precision, self.device):
+                    logits = self.method.predict_steps(rep, deterministic=deterministic)[-1]
                 probs = logits.float().softmax(-1).view(chains, xb.shape[0], -1).mean(0)
                 out.append(probs)
         return torch.cat(out).cpu()
@@ -157,8 +161,10 @@ def _load_weights(method: Method, state: dict[str, Tensor], where: Path) -> None
         ) from None
 
 
-def load(path: str | Path, device: str = "auto") -> TrainedModel:
+def load(path: str | Path, device: str = "auto", precision: str | None = None) -> TrainedModel:
     """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``).
+
+    ``precision``: of the networks at inference (default: the precision the run was trained in).
 
     Everything in the directory is untrusted (SECURITY.md): the config is typed and bounded
     (noprop/limits.py), and the weights' names, shapes and dtypes — the safetensors header, or the
@@ -196,7 +202,9 @@ def load(path: str | Path, device: str = "auto") -> TrainedModel:
         state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
         _load_weights(method, state, run.checkpoint_path)
     method = method.to(dev).eval()
-    return TrainedModel(method, cfg, task, info, dev)
+    if precision is not None:
+        check_precision(precision)
+    return TrainedModel(method, cfg, task, info, dev, precision or cfg.train.precision)
 
 
 def _read_normalisation(path: Path, in_shape: tuple[int, ...]) -> Normalisation:

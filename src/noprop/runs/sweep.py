@@ -26,7 +26,7 @@ from ..methods import METHODS, Method
 from ..rundir import RunDir
 from ..solvers import check_solver
 from ..training.trainer import evaluate
-from .evaluate import compile_for_inference, load_run_with_task
+from .evaluate import compile_for_inference, load_run_with_task, run_precision
 
 #: the methods whose inference has a step count and a solver (``noprop eval --steps``)
 STEP_METHODS = ", ".join(name for name, cls in METHODS.items() if cls.solvers)
@@ -51,6 +51,7 @@ def sweep_steps(
     deterministic: bool = False,
     seed: int | None = None,
     compile: bool = False,
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a ct/fm/adjoint run for every (solver, steps); write and return the rows.
 
@@ -62,6 +63,7 @@ def sweep_steps(
         deterministic: start from z_0 = 0 and add no sampling noise.
         seed: seed of z_0 and the sampling noise (default: the run's ``--seed``).
         compile: compile the per-step inference first (``--compile``, ct only).
+        precision: of the networks (``--precision``; default: the run's training precision).
 
     Returns:
         One dict per pair, solvers outer and steps inner, as written to ``eval_steps.json``.
@@ -71,6 +73,7 @@ def sweep_steps(
             steps/solver values.
     """
     method, cfg, task, data, dev = load_run_with_task(run_dir, device)
+    precision = run_precision(cfg, precision)
     if not method.solvers:
         raise ConfigError(
             f"--steps/--solver apply to the methods with an inference solver ({STEP_METHODS}); "
@@ -90,7 +93,7 @@ def sweep_steps(
                 start = time.perf_counter()
                 result = evaluate(
                     method, x, y, cfg.train.eval_batch_size, deterministic, seed, task=task,
-                    progress=True, desc=f"{solver}, {n} steps",
+                    progress=True, desc=f"{solver}, {n} steps", precision=precision,
                 )  # fmt: skip
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
@@ -99,6 +102,11 @@ def sweep_steps(
                         "solver": solver,
                         "steps": n,
                         "test_accuracy": result["accuracy"],
+                        **{  # the task's other scores, e.g. bits per byte on text
+                            f"test_{k}": v
+                            for k, v in result.items()
+                            if k != "accuracy" and not k.endswith("_per_step")
+                        },
                         "seconds": round(time.perf_counter() - start, 4),
                         "num_test": int(x.shape[0]),
                     }

@@ -16,6 +16,14 @@ epoch (:class:`~noprop.training.callbacks.FiniteParameters`) stop the run with a
 :class:`~noprop.errors.DivergenceError` naming the block and the epoch; the checkpoint of the last good
 epoch is kept (nothing of the bad epoch is written).
 
+Threads: the numbers depend on torch's CPU thread count, so a run records it in ``config.json``
+(``--threads``; when not given, the count the process has: all cores, or those other jobs left free
+when noprop started, :mod:`noprop.runtime`, which then says so on stderr). ``--resume`` runs with the
+recorded count unless ``--threads`` is given again (the override is used, not written to
+``config.json``: ``summary.json``'s ``num_threads`` is the count the run ended with); runs recorded
+before the flag was recorded resume with the process's count. The count is set for the call and
+restored after it.
+
 Parallel runs (``--parallel``, see noprop/parallel/): every rank validates, loads the data (local rank
 0 first, so a download happens once per machine), builds the model and reads the checkpoint; only rank
 0 writes the run directory, the metrics, the checkpoint and the summary (and, with ``--tensorboard``,
@@ -24,9 +32,12 @@ the TensorBoard event files in ``RUN/tensorboard``, :mod:`noprop.training.tensor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +55,13 @@ from ..methods import Method
 from ..models.embeddings import PROTOTYPE_MAX_PER_CLASS
 from ..parallel import build_trainer, parallel_context
 from ..parallel.distributed import DistContext
+from ..precision import native_bf16
 from ..rundir import RunDir, Summary
+from ..runtime import thread_cap_note
 from ..tasks import Task, task_for
 from ..training.callbacks import Callback, FiniteParameters
 from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.record import EpochRecord
 from ..training.tensorboard import TensorBoardLogger, require_tensorboard
 from ..training.trainer import Trainer, evaluate
 from ..version import __version__
@@ -62,6 +76,8 @@ RESUMABLE_OVERRIDES = frozenset(
     | {"parallel", "dist_timeout_s"}
     # logging only: event files are written or not, the training is the same
     | {"tensorboard", "test_curve"}
+    # recorded and kept on --resume, unless given again (module docstring)
+    | {"threads"}
 )
 
 
@@ -107,6 +123,8 @@ def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
             f"--resume {run.path}: --{k.replace('_', '-')} {v} conflicts with the run's {flat[k]!r}"
         )
     allowed = {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}
+    if allowed.get("threads", 0) is None:  # not given: the run's recorded thread count
+        del allowed["threads"]
     return saved.replace(**allowed)
 
 
@@ -151,8 +169,8 @@ class RunDirWriter(Callback):
         self.run, self.saved_config, self.pause_at = run, saved_config, pause_at
         self.saved_epoch = 0  # the epoch checkpoint.pt holds
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        epoch = record.epoch
         self.run.append_metrics(record)
         if self.pause_at == ("metrics", epoch):
             pause("metrics", epoch)
@@ -187,10 +205,41 @@ def train(
     run = RunDir(out)
     if resume and run.is_export():
         raise ConfigError(f"--resume {run.path}: an exported model holds no training state")
+    recorded = False
     if resume:
+        given = (overrides or {}).get("threads") is not None
         cfg = resume_config(run, overrides or {})
-    with parallel_context(cfg) as ctx:
-        return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+        recorded = cfg.train.threads is not None and not given
+    with torch_threads(cfg.train.threads) as threads:
+        if cfg.train.threads is None or recorded:
+            say_thread_cap(threads, recorded=recorded)
+        cfg = cfg.replace(threads=threads)  # what config.json records for a new run
+        with parallel_context(cfg) as ctx:
+            return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """torch on ``n`` CPU threads for the block (None: as it is), restored after; yields the count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
+_SAID: set[str] = set()
+
+
+def say_thread_cap(threads: int, *, recorded: bool = False) -> None:
+    """Print :func:`~noprop.runtime.thread_cap_note` on stderr, once per process (rank 0 only)."""
+    note = thread_cap_note(threads, recorded=recorded)
+    if note is not None and note not in _SAID and os.environ.get("RANK", "0") == "0":
+        _SAID.add(note)
+        print(note, file=sys.stderr, flush=True)
 
 
 def _train(
@@ -214,6 +263,12 @@ def _train(
     else:
         run.check_writable(overwrite=overwrite, config=cfg.to_dict())
     device = pick_device(cfg.train.device) if ctx is None else ctx.device
+    if cfg.train.precision == "bf16-mixed" and not native_bf16(device) and is_main:
+        print(
+            f"noprop: note: {device.type} has no native bfloat16 here (CPUs need AVX512-BF16 or "
+            "AMX): --precision bf16-mixed runs, but slower than 32",
+            file=sys.stderr,
+        )
     same = run if payload is not None else None  # a resumed run reads (and checks) the same data
     if ctx is None:
         task, data = load_data(cfg, same)
@@ -298,7 +353,8 @@ def final_summary(
         method.load_state_dict(trainer.best_model)
     x, y = (t.to(device) for t in data.test)
     bs, task = cfg.train.eval_batch_size, trainer.task
-    kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress}
+    kw = {"seed": cfg.train.seed, "task": task, "progress": trainer.progress,
+          "precision": cfg.train.precision}  # fmt: skip
     stochastic = evaluate(method, x, y, bs, deterministic=False, desc="test", **kw)
     deterministic = evaluate(
         method, x, y, bs, deterministic=True, desc="test (deterministic)", **kw
@@ -312,7 +368,11 @@ def final_summary(
         method=cfg.method.method,
         dataset=cfg.data.dataset,
         embedding=cfg.model.embedding,
-        val_accuracy=st.best_val if st.best_val >= 0 else None,
+        # the selected epoch's validation accuracy, whatever the selection metric (checkpoints of
+        # noprop < 0.2 hold only best_val, which was the accuracy)
+        val_accuracy=st.best_scores.get(
+            "accuracy", st.best_val if st.metric == "accuracy" else None
+        ),
         best_epoch=st.best_epoch,
         test_accuracy=stochastic["accuracy"],
         test_accuracy_deterministic=deterministic["accuracy"],
@@ -332,4 +392,6 @@ def final_summary(
         torch_version=torch.__version__,
         noprop_version=__version__,
         test_scores=scores,
+        selected_on=st.metric,
+        val_scores={k: v for k, v in st.best_scores.items() if k != "accuracy"},
     )

@@ -27,8 +27,11 @@ class Task(ABC):
     """One kind of supervised problem (see module docstring)."""
 
     name: ClassVar[str]
-    #: the name of :meth:`score`'s metric in records (``val_<metric>``) and tables
+    #: the validation metric that selects the model and drives ``--patience``: ``accuracy`` (from
+    #: :meth:`score`) or a name of :meth:`extra_scores`; records hold it as ``val_<metric>``
     metric: ClassVar[str] = "accuracy"
+    #: whether a larger :attr:`metric` is better (accuracy) or a smaller one (bits per byte)
+    higher_is_better: ClassVar[bool] = True
     #: label dimensions per example: 0 for one class per input (y (B,)), 1 for one label per
     #: position (y (B, L), next-token prediction); z then has shape (*y.shape, d)
     label_dims: ClassVar[int] = 0

@@ -7,6 +7,7 @@ from typing import Literal
 
 from ..device import check_device
 from ..options import at_least, check_choices, non_negative, positive
+from ..precision import Precision, check_precision
 
 Optimizer = Literal["auto", "adamw", "adam"]
 Order = Literal["blocks", "interleaved", "random"]
@@ -39,7 +40,8 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N"""
     patience: int | None = None
-    """stop after N epochs without a better validation accuracy"""
+    """stop after N epochs without a better validation score on the task's metric (accuracy; bits
+    per byte for text)"""
     eval_batch_size: int = 1000
     """batch size of validation and test inference"""
     channels_last: bool = True
@@ -53,9 +55,17 @@ class TrainConfig:
     """seconds a rank waits for the others before the parallel run fails"""
     tensorboard: bool = False
     """write TensorBoard event files to RUN/tensorboard (needs the extra [tb]: pip install noprop[tb])"""
+    precision: Precision = "32"
+    """32 (the paper), bf16-mixed or 16-mixed (Lightning's names): the networks under autocast in
+    bfloat16/float16, float32 weights, optimiser states, schedules and losses; 16-mixed adds loss
+    scaling, one scaler per block (overflowing steps are skipped and counted). Fixed for a run:
+    --resume keeps it"""
     test_curve: bool = False
     """also evaluate the test split after every epoch (default inference) and record test_accuracy in
     metrics.jsonl, for accuracy-vs-time curves; never used for model selection"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores, or those other jobs left free at start-up). The numbers
+    depend on it; config.json records the count used and --resume keeps it unless given again"""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -65,7 +75,10 @@ class TrainConfig:
         non_negative("weight_decay", self.weight_decay)
         at_least("seed", self.seed, 0)
         check_device(self.device)
+        check_precision(self.precision)
         if self.patience is not None:
             at_least("patience", self.patience)
         at_least("eval_batch_size", self.eval_batch_size)
+        if self.threads is not None:
+            at_least("threads", self.threads)
         positive("dist_timeout_s", self.dist_timeout_s)

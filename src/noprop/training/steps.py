@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import DivergenceError
 from ..methods.base import Method
+from ..precision import autocast, uses_scaler
 from .config import TrainConfig
 from .order import Step
 
@@ -87,13 +88,16 @@ class Optimizers:
         if self.shared is not None:
             self.shared.zero_grad(set_to_none=True)
 
-    def step(self, unit: int | None) -> None:
+    def step(self, unit: int | None, *, shared: bool = True) -> None:
+        """Step ``unit``'s optimiser (None: none) and, unless ``shared`` is False, the shared one."""
         cosine = self.schedule == "cosine"
         if unit is not None:
             if cosine:
                 self._set_lr(self.units[unit], self.unit_steps[unit], self.unit_horizon)
             self.units[unit].step()
             self.unit_steps[unit] += 1
+        if not shared:
+            return
         if self.shared is not None:
             if cosine:
                 self._set_lr(self.shared, self.shared_steps, self.shared_horizon)
@@ -121,46 +125,229 @@ class Optimizers:
 
 def grads_finite(method: Method, unit: int) -> bool:
     """Whether every gradient of ``unit`` and of the shared parameters is finite."""
-    params = method.unit_parameters(unit) + method.shared_parameters()
+    return params_finite(method.unit_parameters(unit) + method.shared_parameters())
+
+
+def params_finite(params: list[Tensor]) -> bool:
     grads = [p.grad for p in params if p.grad is not None]
     return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
+def _which(units: tuple[int, ...], flags: Tensor) -> list[int]:
+    return [u for u, f in zip(units, flags.tolist(), strict=True) if f]
 
 
 def where(unit: int, epoch: int) -> str:
     return f"in unit {unit} (block {unit + 1}) at epoch {epoch + 1}"
 
 
-class StepFunction:
-    """Base of the step functions (see module docstring); subclasses implement ``__call__``."""
+#: ``--precision 16-mixed``: this many consecutive overflowing steps of one unit are divergence
+#: ([I]: GradScaler halves the scale on every overflow, so after 30 the initial 2^16 is 2^-14 —
+#: gradients that overflow float16 at such a scale are not an overflow but a diverged block)
+MAX_FAILING_STEPS = 30
 
-    def __init__(self, method: Method, optimizers: Optimizers) -> None:
+
+class StepFunction:
+    """One optimiser step of a :class:`Step`'s units: the template every layout shares.
+
+    ``__call__`` is the whole step, written once: zero the gradients → the units' losses (the networks
+    under the precision's autocast, :mod:`noprop.precision`) → the finiteness check of the losses →
+    backward (scaled under ``16-mixed``) → unscale and check the gradients → :meth:`reduce` (the
+    parallel layouts' gradient collective) → the optimiser steps. A layout customises only its hooks:
+    :meth:`losses` (one float32 loss per unit), :meth:`reduce`, the optimisers it steps
+    (:meth:`optimizers_of`, :meth:`apply`) and how a failure is reported (:meth:`diverged`).
+
+    Finiteness policy. Under ``32`` and ``bf16-mixed`` a non-finite loss or gradient is divergence
+    (DivergenceError naming the block). Under ``16-mixed`` it is what loss scaling produces on purpose:
+    the unit's step is skipped, its scaler halves the scale, the skip is counted (``skipped_steps`` in
+    metrics.jsonl), and only :data:`MAX_FAILING_STEPS` consecutive skips of one unit are divergence.
+    """
+
+    def __init__(self, method: Method, optimizers: Optimizers, precision: str = "32") -> None:
         self.method, self.optimizers = method, optimizers
+        self.precision = precision
+        p = next(method.parameters(), None)
+        self.device = p.device if p is not None else torch.device("cpu")
+        n = method.num_units
+        # one scaler per unit (blocks are independent: one block's overflow keeps the others' scale)
+        self.scalers = (
+            [torch.amp.GradScaler(self.device.type) for _ in range(self.num_scalers())]
+            if uses_scaler(precision)
+            else None
+        )
+        self.skipped = [0] * n  # skipped steps per unit since the last take_skipped()
+        self.failing = [0] * n  # consecutive skipped steps per unit
+
+    def num_scalers(self) -> int:
+        return self.method.num_units
+
+    # ------------------------------------------------------------ hooks
+    def units_of(self, step: Step) -> tuple[int, ...]:
+        """The units this process trains at ``step``."""
+        return tuple(step.units)
+
+    def losses(self, x: Tensor, y: Tensor, units: tuple[int, ...]) -> tuple[Tensor, list[Parts]]:
+        """One loss per unit (k,) and each unit's loss parts; runs under autocast."""
+        (unit,) = units
+        loss, parts = self.method.loss(x, y, unit)
+        return loss.reshape(1), [parts]
+
+    def optimizers_of(self, unit: int) -> list[torch.optim.Optimizer]:
+        """The optimisers whose gradients ``unit``'s backward writes (unscaled by its scaler)."""
+        shared = [] if self.optimizers.shared is None else [self.optimizers.shared]
+        return [self.optimizers.units[unit], *shared]
+
+    def scaler_of(self, unit: int) -> torch.amp.GradScaler:
+        assert self.scalers is not None
+        return self.scalers[unit]
+
+    def grads_ok(self, units: tuple[int, ...]) -> Tensor:
+        """Per unit: its gradients (and the shared ones) are finite, after unscaling."""
+        return torch.tensor([grads_finite(self.method, u) for u in units], dtype=torch.bool)
+
+    def reduce(
+        self, units: tuple[int, ...], bad: Tensor, give_up: Tensor, step: Step, epoch: int
+    ) -> Tensor:
+        """Combine the step across processes; returns the units' ``bad`` flags every process agrees
+        on (default: one process, nothing to combine). Raises DivergenceError on a give-up."""
+        if give_up.any():
+            self.give_up([u for u, g in zip(units, give_up.tolist(), strict=True) if g], epoch)
+        return bad
+
+    def apply(self, units: tuple[int, ...], ok: Tensor) -> None:
+        """The optimiser steps of the units that may step (and the shared parameters)."""
+        for unit, good in zip(units, ok.tolist(), strict=True):
+            if good:
+                self.optimizers.step(unit)
+
+    def diverged(self, units: list[int], what: str, epoch: int, losses: Tensor | None) -> None:
+        """Raise the layout's DivergenceError for ``units`` (``what``: loss or gradient)."""
+        unit = units[0]
+        if what == "loss" and losses is not None:
+            raise DivergenceError(f"loss became {losses[0].item()} {where(unit, epoch)}")
+        raise DivergenceError(f"{what} became NaN or infinite {where(unit, epoch)}")
+
+    # ---------------------------------------------------------- template
+    def zero_grad(self, units: tuple[int, ...]) -> None:
+        if units:
+            for unit in units:
+                self.optimizers.units[unit].zero_grad(set_to_none=True)
+        if self.optimizers.shared is not None:
+            self.optimizers.shared.zero_grad(set_to_none=True)
 
     def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
-        raise NotImplementedError
+        units = self.units_of(step)
+        self.zero_grad(units)
+        tolerant = self.scalers is not None
+        losses: Tensor | None = None
+        parts: list[Parts] = []
+        bad = torch.zeros(len(units), dtype=torch.bool)
+        if units:
+            with autocast(self.precision, self.device):
+                losses, parts = self.losses(x, y, units)
+            losses = losses.float()  # the cast boundary's exit: checks and backward in float32
+            bad = ~torch.isfinite(losses).cpu()
+            if bad.any():
+                if not tolerant:
+                    self.diverged(_which(units, bad), "loss", epoch, losses)
+            else:
+                self.backward(losses, units)
+                bad = ~self.grads_ok(units)
+                if bad.any() and not tolerant:
+                    self.diverged(_which(units, bad), "gradient", epoch, None)
+        # a failure that ends the run: any, unless 16-mixed; there, too many in a row
+        give_up = (
+            torch.tensor([b and self.failing[u] + 1 >= MAX_FAILING_STEPS for u, b in
+                          zip(units, bad.tolist(), strict=True)], dtype=torch.bool)
+            if tolerant
+            else bad.clone()
+        )  # fmt: skip
+        bad = self.reduce(units, bad, give_up, step, epoch)
+        ok = ~bad
+        self.apply(units, ok)
+        self._account(units, ok)
+        return [(u, p) for u, p, good in zip(units, parts, ok.tolist(), strict=True) if good]
+
+    def backward(self, losses: Tensor, units: tuple[int, ...]) -> None:
+        """Backward of the units' losses; under 16-mixed each scaled by its unit's scaler and the
+        gradients unscaled in place afterwards (before any check, collective or step reads them)."""
+        if self.scalers is None:
+            (losses[0] if losses.numel() == 1 else losses.sum()).backward()
+            return
+        scaled = [self.scaler_of(u).scale(losses[i]) for i, u in enumerate(units)]
+        (scaled[0] if len(scaled) == 1 else torch.stack(scaled).sum()).backward()
+        done: set[tuple[int, int]] = set()  # fused: one scaler and one optimiser for every unit
+        for u in units:
+            scaler = self.scaler_of(u)
+            for opt in self.optimizers_of(u):
+                if (id(scaler), id(opt)) not in done:
+                    done.add((id(scaler), id(opt)))
+                    scaler.unscale_(opt)
+
+    def _account(self, units: tuple[int, ...], ok: Tensor) -> None:
+        """16-mixed: count skips, and update each unit's scaler (halved after an overflow)."""
+        if self.scalers is None:
+            return
+        done: set[int] = set()
+        for unit, good in zip(units, ok.tolist(), strict=True):
+            if good:
+                self.failing[unit] = 0
+            else:
+                self.skipped[unit] += 1
+                self.failing[unit] += 1
+            scaler = self.scaler_of(unit)
+            if id(scaler) in done:
+                continue
+            done.add(id(scaler))
+            if scaler._per_optimizer_states:  # unscale_ ran: update from the infs it found
+                scaler.update()
+            else:  # the loss itself overflowed, backward never ran: halve the scale directly
+                scaler.scale(torch.zeros((), device=self.device))  # (creates it on a first step)
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+
+    def give_up(self, units: list[int], epoch: int) -> None:
+        blocks = ", ".join(str(u + 1) for u in units)
+        raise DivergenceError(
+            f"loss or gradient overflowed float16 in {MAX_FAILING_STEPS} consecutive steps of "
+            f"block {blocks} at epoch {epoch + 1} (--precision 16-mixed; try bf16-mixed or a "
+            "smaller --lr)"
+        )
+
+    def take_skipped(self) -> list[int] | None:
+        """Steps skipped per unit since the last call (None unless 16-mixed)."""
+        if self.scalers is None:
+            return None
+        out, self.skipped = self.skipped, [0] * len(self.skipped)
+        return out
 
     def sync_modules(self) -> None:
         """Make the method's modules hold the current parameters (no-op unless kept elsewhere)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return self.optimizers.state_dict()
+        sd = self.optimizers.state_dict()
+        if self.scalers is not None:  # float32/bf16 checkpoints keep their layout
+            sd["scalers"] = self.scaler_states()
+            sd["failing_steps"] = list(self.failing)
+        return sd
+
+    def scaler_states(self) -> list[dict[str, Any]]:
+        """One GradScaler state per unit (the sequential checkpoint's layout)."""
+        assert self.scalers is not None
+        return [s.state_dict() for s in self.scalers]
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.optimizers.load_state_dict(sd)
+        if self.scalers is not None and sd.get("scalers") is not None:
+            self.load_scaler_states(sd["scalers"])
+            self.failing = list(sd.get("failing_steps", self.failing))
+
+    def load_scaler_states(self, states: list[dict[str, Any]]) -> None:
+        assert self.scalers is not None
+        for scaler, st in zip(self.scalers, states, strict=True):
+            scaler.load_state_dict(st)
 
 
 class LocalStep(StepFunction):
-    """One optimiser step of one unit (and the shared parameters) on one mini-batch."""
-
-    def __call__(self, x: Tensor, y: Tensor, step: Step, epoch: int) -> list[tuple[int, Parts]]:
-        (unit,) = step.units
-        self.optimizers.zero_grad(unit)
-        loss, parts = self.method.loss(x, y, unit)
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"loss became {loss.item()} {where(unit, epoch)}")
-        loss.backward()
-        # a finite loss can still give inf/NaN gradients; name the block before they reach θ
-        if not grads_finite(self.method, unit):
-            raise DivergenceError(f"gradient became NaN or infinite {where(unit, epoch)}")
-        self.optimizers.step(unit)
-        return [(unit, parts)]
+    """One optimiser step of one unit (and the shared parameters) on one mini-batch: the template's
+    defaults (a finite loss can still give inf/NaN gradients: the template names the block before
+    they reach θ)."""

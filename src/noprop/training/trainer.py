@@ -2,11 +2,12 @@
 
 ``Trainer(method, cfg, device, order=..., step=..., callbacks=[...])`` runs, for every epoch, the
 :mod:`order <noprop.training.order>`'s steps through the :mod:`step function <noprop.training.steps>`
-and then validates and selects the model on validation accuracy. Everything else — checkpoints,
-offloading, parallel gathers, finiteness checks, test pause points — is a
-:mod:`callback <noprop.training.callbacks>`. The defaults are the sequential trainer: ``--order`` as
-configured (Algorithm 1 or interleaved) and :class:`~noprop.training.steps.LocalStep`. The parallel
-layouts build their own order, step and callbacks (:mod:`noprop.parallel`); the loop is the same.
+and then validates and selects the model on the task's validation metric (``Task.metric``:
+accuracy for images, bits per byte for text). Everything else — checkpoints, offloading, parallel
+gathers, finiteness checks, test pause points — is a :mod:`callback <noprop.training.callbacks>`.
+The defaults are the sequential trainer: ``--order`` as configured (Algorithm 1 or interleaved) and
+:class:`~noprop.training.steps.LocalStep`. The parallel layouts build their own order, step and
+callbacks (:mod:`noprop.parallel`); the loop is the same.
 Each step's mini-batch is asked of the training split's :mod:`data source <noprop.data.sources>` by
 index: in-memory tensors by default, or memory-mapped arrays, decoded image folders, augmented batches.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,11 +26,13 @@ from tqdm.auto import tqdm
 
 from ..data.sources import DataSource, Split, TensorSource, as_source, split_tensors
 from ..methods.base import Method
+from ..precision import autocast, float32
 from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
 from .callbacks import Callback, Losses
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, RandomBlock, Step, derive_seed
+from .record import EpochRecord
 from .steps import LocalStep, Optimizers, Parts, StepFunction
 
 #: evaluator(trainer, x, y, deterministic=..., seed=..., validation=...) → {"accuracy", "accuracy_per_step"}
@@ -38,13 +41,33 @@ Evaluator = Callable[..., dict[str, Any]]
 
 @dataclass
 class TrainState:
-    """Counters saved in the checkpoint (everything else is derived from them)."""
+    """Counters saved in the checkpoint (everything else is derived from them).
+
+    Selection: ``best_val`` is the selected epoch's validation value of ``metric`` (None before the
+    first validation, or without a validation split), better when higher or lower as
+    ``higher_is_better`` says; ``best_scores`` are that epoch's validation scores (accuracy and the
+    task's others). A run keeps the metric it started with: checkpoints written before selection
+    followed the task lack the fields and were selected on accuracy (their ``best_val`` of -1.0
+    meant "none yet"), so they resume selecting on accuracy."""
 
     epoch: int = 0
     train_seconds: float = 0.0
     data_passes: float = 0.0
-    best_val: float = -1.0
+    best_val: float | None = None
     best_epoch: int = 0
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    best_scores: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.metric == "accuracy" and self.best_val is not None and self.best_val < 0:
+            self.best_val = None  # noprop 0.1's "no validation yet"
+
+    def improves(self, value: float) -> bool:
+        """Whether ``value`` of :attr:`metric` beats the selected epoch's (ties keep the earlier)."""
+        if self.best_val is None:
+            return True
+        return value > self.best_val if self.higher_is_better else value < self.best_val
 
 
 def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved | RandomBlock:
@@ -76,7 +99,7 @@ class Trainer:
         task: Task | None = None,
         progress: bool = True,
         order: Any = None,
-        step: Callable[[Method, Optimizers], StepFunction] | None = None,
+        step: Callable[[Method, Optimizers, str], StepFunction] | None = None,
         callbacks: Sequence[Callback] = (),
         evaluator: Evaluator | None = None,
     ) -> None:
@@ -87,10 +110,12 @@ class Trainer:
         self.progress = progress
         self.opt = Optimizers(self.method, self.cfg)
         self.order = order if order is not None else default_order(self.method, self.cfg)
-        self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt)
+        self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt, self.cfg.precision)
         self.callbacks = list(callbacks)
         self.evaluator = evaluator or Trainer.local_evaluate
-        self.state = TrainState()
+        self.state = TrainState(
+            metric=self.task.metric, higher_is_better=self.task.higher_is_better
+        )
         self.best_model: dict[str, Tensor] | None = None
 
     @property
@@ -184,6 +209,7 @@ class Trainer:
                 trainer.method, x, y, trainer.cfg.eval_batch_size, deterministic, seed,
                 task=trainer.task, progress=trainer.progress,
                 desc="validation" if validation else "test curve",
+                precision=trainer.cfg.precision,
             )  # fmt: skip
 
     def to_device(self, t: Tensor) -> Tensor:
@@ -203,10 +229,12 @@ class Trainer:
         Each split is tensors ``(x, y)`` or a :class:`~noprop.data.sources.DataSource` (the training
         batches are asked of it by index; validation and test are read whole).
 
-        ``on_epoch(trainer, record)``, if given, runs after every epoch's callbacks (noprop 0.1's
-        hook; a :class:`~noprop.training.callbacks.Callback` is the general form). ``test``, if
-        given, is evaluated after every epoch with the default inference and the final test's
-        seed (``record["test_accuracy"]``, for accuracy-vs-time curves); it never selects a model."""
+        Selection and ``--patience`` use ``state.metric`` (the task's metric; :class:`TrainState`).
+        Callbacks get every epoch's :class:`~noprop.training.record.EpochRecord`;
+        ``on_epoch(trainer, record)``, if given, runs after them with the record as a
+        ``metrics.jsonl`` dict (noprop 0.1's hook). ``test``, if given, is evaluated after every
+        epoch with the default inference and the final test's seed (``record.test_accuracy``, for
+        accuracy-vs-time curves); it never selects a model."""
         if on_epoch is not None:
             self.callbacks.append(_OnEpoch(on_epoch))
             try:
@@ -238,30 +266,34 @@ class Trainer:
             self.state.epoch += 1
             self.state.train_seconds += seconds
             self.state.data_passes += passes_per_epoch
-            record: dict[str, Any] = {
-                "epoch": self.state.epoch,
-                "block_loss": losses.get("loss", []),
-                **{f"block_{k}": v for k, v in losses.items() if k != "loss"},
-                "epoch_seconds": round(seconds, 3),
-                "wall_seconds": round(self.state.train_seconds, 3),
-                "data_passes": self.state.data_passes,
-            }
-            if other_busy is not None:  # block-parallel: the other ranks count as "other"
-                record["other_busy_cores"] = round(other_busy, 3)
+            record = EpochRecord(
+                epoch=self.state.epoch,
+                block_loss=losses.get("loss", []),
+                loss_parts={k: v for k, v in losses.items() if k != "loss"},
+                epoch_seconds=round(seconds, 3),
+                wall_seconds=round(self.state.train_seconds, 3),
+                data_passes=self.state.data_passes,
+                # --precision 16-mixed: overflowing steps skipped per block (None otherwise)
+                skipped_steps=self.step_fn.take_skipped(),
+                # block-parallel: the other ranks count as "other"
+                other_busy_cores=None if other_busy is None else round(other_busy, 3),
+            )
             if xv.shape[0] > 0:
                 ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
-                record["val_accuracy"] = ev["accuracy"]
-                record["val_accuracy_per_step"] = ev["accuracy_per_step"]
-                for k in ev.keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte
-                    record[f"val_{k}"] = ev[k]
-                improved = ev["accuracy"] > self.state.best_val
+                record.val_accuracy = ev["accuracy"]
+                record.val_accuracy_per_step = ev["accuracy_per_step"]
+                record.val_scores = {  # e.g. bits per byte
+                    k: v for k, v in ev.items() if k not in ("accuracy", "accuracy_per_step")
+                }
+                improved = self.state.improves(self._selection_value(record))
             else:
                 improved = True  # no validation split: the last epoch is the selected model
             if xt is not None and yt is not None:  # after selection's inputs: reporting only
                 ev = self.evaluate(xt, yt, seed=cfg.seed, validation=False)
-                record["test_accuracy"] = ev["accuracy"]
+                record.test_accuracy = ev["accuracy"]
             if improved:
-                self.state.best_val = record.get("val_accuracy", -1.0)
+                self.state.best_val = record.val(self.state.metric)
+                self.state.best_scores = _scores(record)
                 self.state.best_epoch = self.state.epoch
                 self.best_model = {
                     k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()
@@ -275,6 +307,15 @@ class Trainer:
                 break
         for cb in self.callbacks:
             cb.on_fit_end(self)
+
+    def _selection_value(self, record: EpochRecord) -> float:
+        value = record.val(self.state.metric)
+        if value is None:
+            raise KeyError(
+                f"the evaluator returned no {self.state.metric!r}, the validation metric this "
+                f"run selects its model on"
+            )
+        return value
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
@@ -297,8 +338,14 @@ class _OnEpoch(Callback):
     def __init__(self, fn: Callable[[Trainer, dict[str, Any]], None]) -> None:
         self.fn = fn
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.fn(trainer, record)
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        self.fn(trainer, record.to_dict())  # noprop 0.1's hook took the metrics.jsonl dict
+
+
+def _scores(record: EpochRecord) -> dict[str, float]:
+    """The epoch's overall validation scores (accuracy and the task's others, no per-step lists)."""
+    scores = {"accuracy": record.val_accuracy, **record.val_scores}
+    return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
 
 
 def _mean(total: Tensor | None, count: int) -> float | None:
@@ -318,10 +365,12 @@ def evaluate(
     task: Task | None = None,
     progress: bool = False,
     desc: str = "inference",
+    precision: str = "32",
 ) -> dict[str, Any]:
     """Run inference on (x, y) in batches; the metric overall and after each step (read-out of z_t).
 
-    ``progress`` shows a bar of images done (on a terminal only), with the number of read-outs."""
+    ``progress`` shows a bar of images done (on a terminal only), with the number of read-outs.
+    ``precision``: the networks under autocast (``--precision``; read-outs leave it as float32)."""
     task = task if task is not None else ClassificationTask.from_shape((), 0)
     was_training = method.training
     method.eval()
@@ -336,7 +385,10 @@ def evaluate(
                    disable=None if progress else True)  # fmt: skip
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits = method.predict_steps(xb, deterministic=deterministic)  # (S, B, [L,] m)
+            with autocast(precision, x.device):
+                logits = float32(
+                    method.predict_steps(xb, deterministic=deterministic)
+                )  # (S, B, [L,] m)
             hits = task.score(logits, yb)
             score = hits if score is None else score + hits
             for k, v in task.extra_scores(logits, yb).items():
