@@ -32,6 +32,7 @@ from noprop.errors import CheckpointError
 from noprop.runs.pause import PAUSE_ENV
 from noprop.training.callbacks import FiniteParameters
 from noprop.training.checkpoint import load_checkpoint, save_checkpoint
+from noprop.training.record import EpochRecord
 
 from .problems import tiny_method
 
@@ -305,11 +306,12 @@ def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(
 def test_check_finite_names_the_block() -> None:
     method, _, _ = tiny_method(T=3)
     check, trainer = FiniteParameters(), SimpleNamespace(method=method)
-    check.on_epoch_end(trainer, {"epoch": 4})
+    record = EpochRecord(epoch=4, block_loss=[], epoch_seconds=1.0, wall_seconds=1.0, data_passes=3)
+    check.on_epoch_end(trainer, record)
     with torch.no_grad():
         method.unit_parameters(2)[0].view(-1)[0] = math.inf
     with pytest.raises(Exception, match="parameters of block 3 became NaN or infinite at epoch 4"):
-        check.on_epoch_end(trainer, {"epoch": 4})
+        check.on_epoch_end(trainer, record)
 
 
 # -------------------------------------------------------------------- checkpoint safety

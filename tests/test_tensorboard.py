@@ -10,6 +10,7 @@ import pytest
 
 from noprop.cli import main
 from noprop.rundir import RunDir
+from noprop.training.record import EpochRecord
 
 pytest.importorskip("tensorboard")
 
@@ -89,12 +90,12 @@ def test_a_resumed_session_replaces_the_epochs_logged_after_the_checkpoint(tmp_p
     record = {"epoch_seconds": 0.5, "wall_seconds": 1.0, "data_passes": 1.0}
     first = TensorBoardLogger(tmp_path, samples_per_epoch=10)
     for epoch in (1, 2, 3):
-        first.on_epoch_end(trainer, {**record, "epoch": epoch, "block_loss": [float(epoch)]})
+        first.on_epoch_end(trainer, EpochRecord(**record, epoch=epoch, block_loss=[float(epoch)]))
     first.on_fit_end(trainer)
     time.sleep(1.1)  # event file names start with the second they were created in
     second = TensorBoardLogger(tmp_path, samples_per_epoch=10)
     for epoch in (3, 4):
-        second.on_epoch_end(trainer, {**record, "epoch": epoch, "block_loss": [10.0 * epoch]})
+        second.on_epoch_end(trainer, EpochRecord(**record, epoch=epoch, block_loss=[10.0 * epoch]))
     second.on_fit_end(trainer)
     got = scalars(tmp_path)
     assert got["loss/block_01"] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0}

@@ -197,7 +197,8 @@ def test_end_of_run_line(tmp_path, capsys):
     )
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(
-        rf"val [0-9.]+ · test [0-9.]+ \(deterministic [0-9.]+\) · 1 epochs · [0-9.]+ s · {re.escape(str(out))}",
+        rf"val [0-9.]+ · test [0-9.]+ \(deterministic [0-9.]+\) · 1 epochs · [0-9.]+ s · "
+        rf"{torch.get_num_threads()} threads? · {re.escape(str(out))}",
         line,
     ), line
 

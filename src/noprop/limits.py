@@ -11,6 +11,7 @@ hostile file can do is fail with a one-line error:
 * :data:`MAX_JSON_BYTES`, :data:`MAX_SAFETENSORS_HEADER_BYTES`: small text parsed whole.
 * :func:`image_limits`: pixels and bytes of one image file, overridable with the environment
   variables ``NOPROP_MAX_IMAGE_PIXELS`` and ``NOPROP_MAX_IMAGE_BYTES`` (for big scans resized down).
+* :data:`MAX_CLASSES`, :data:`MAX_CHANNELS`: the labels and image shape of your own data.
 
 The limits are not configurable from a file, only by the person running noprop.
 """
@@ -35,6 +36,7 @@ MAX_CONFIG_VALUES: dict[str, int] = {
     "context": 65_536,
     "batch_size": 1 << 20,
     "eval_batch_size": 1 << 20,
+    "threads": 4096,  # torch CPU threads, each an OS thread
 }
 #: text: transformer layers in all blocks together (``T`` × ``block_layers``), like ``T`` for images
 MAX_TOTAL_LAYERS = MAX_CONFIG_VALUES["T"]
@@ -48,6 +50,10 @@ MAX_SAFETENSORS_HEADER_BYTES = 32 << 20
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_BYTES = 64 << 20
 IMAGE_PIXELS_ENV, IMAGE_BYTES_ENV = "NOPROP_MAX_IMAGE_PIXELS", "NOPROP_MAX_IMAGE_BYTES"
+#: your own data (``--dataset folder|npy``, and the ``data.json`` recording them): classes and the
+#: channels of one image (its height × width is bounded by the image pixel limit)
+MAX_CLASSES = 1 << 16
+MAX_CHANNELS = 64
 
 
 def _env_int(name: str, default: int) -> int:

@@ -38,13 +38,13 @@ from .bench import time_to_accuracy
 from .bench.grid import CELLS
 from .bench.paper import row_label
 from .config import RunConfig
-from .data import SPECS
+from .data.sources import class_examples
 from .device import check_device
 from .errors import ConfigError, NoPropError
 from .models.config import IMAGE_EMBED_DIM
-from .models.embeddings import prototype_init
+from .models.embeddings import PROTOTYPE_MAX_PER_CLASS, prototype_init
 from .rundir import CONFIG, EpochRecord, RunDir, Summary
-from .runs import load_run
+from .runs import load_run_with_task
 from .solvers import record_indices
 
 
@@ -424,13 +424,14 @@ def plot_prototypes(info: RunInfo, path: Path, device: str = "cpu") -> Path | No
     """Initial (medoid images) and learned prototype embeddings as images, one per class."""
     if info.embedding != "prototype":
         return None
-    method, cfg, data, _ = load_run(info.path, device)
+    method, cfg, task, data, _ = load_run_with_task(info.path, device)
     in_shape = tuple(data.in_shape)
     learned = method.embedding.weight
-    initial = prototype_init(*data.train, data.num_classes, seed=cfg.train.seed)
     m = data.num_classes
-    spec = SPECS.get(data.name)
-    names = [spec.class_name(k) if spec else str(k) for k in range(m)]
+    examples = class_examples(data.train, m, max_per_class=PROTOTYPE_MAX_PER_CLASS,
+                              seed=cfg.train.seed)  # fmt: skip
+    initial = prototype_init(*examples, m, seed=cfg.train.seed)
+    names = [task.class_name(k) for k in range(m)]  # type: ignore[attr-defined]
     ncols = min(m, 10)
     nrows = math.ceil(m / ncols)
     cell = 1.2 if in_shape[-1] <= 16 else 1.4

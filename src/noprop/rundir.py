@@ -1,11 +1,13 @@
 """The run directory schema: every file name of a run, and the typed records in them.
 
 Files: ``config.json`` (the resolved :class:`~noprop.config.RunConfig`), ``metrics.jsonl`` (one
-:class:`EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
+:class:`~noprop.training.record.EpochRecord` per completed epoch), ``checkpoint.pt`` (trainer state, noprop/training/checkpoint.py),
 ``summary.json`` (:class:`Summary`, written once at the end), and the evaluation outputs
 ``eval_steps.json`` (``noprop eval --steps``), ``eval_chains.json`` (``noprop eval --chains``) and
-``eval5.json`` (``noprop bench reproduce``), and the
-directory ``tensorboard/`` (``--tensorboard``: TensorBoard event files, appended to on ``--resume``).
+``eval5.json`` (``noprop bench reproduce``), ``data.json`` (facts about the data: a text corpus's
+SHA-256, your own data's shape, classes and checksums), and the directories ``tensorboard/``
+(``--tensorboard``: TensorBoard event files, appended to on ``--resume``) and ``data/``
+(``--dataset folder``: the decoded images, :mod:`noprop.data.user`).
 Everything that reads a run — ``eval``, ``plot``, ``bench`` — goes through :class:`RunDir`.
 
 ``metrics.jsonl`` is appended (and fsynced) *before* the epoch's checkpoint is written; on resume,
@@ -19,13 +21,14 @@ import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .atomic import TMP_MARKER, atomic_write, atomic_write_json
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, NoPropError
+from .training.record import EpochRecord
 from .untrusted import read_json
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = (
@@ -40,47 +43,16 @@ FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, D
 #: an exported model (``noprop export``): weights without pickle and the input normalisation
 EXPORTED_WEIGHTS, NORMALISATION = "model.safetensors", "normalisation.json"
 TENSORBOARD = "tensorboard"  # a directory: event files of TensorBoardLogger (--tensorboard)
-
-
-@dataclass
-class EpochRecord:
-    """One line of ``metrics.jsonl``: per-block (per-unit) epoch means of the loss and its parts
-    (``block_<part>``, None for a block not trained), timings and the validation accuracy."""
-
-    epoch: int
-    block_loss: list[float | None]
-    epoch_seconds: float
-    wall_seconds: float
-    data_passes: float
-    val_accuracy: float | None = None
-    val_accuracy_per_step: list[float] | None = None
-    #: ``--test-curve``: the test accuracy after this epoch (reporting only, never for selection)
-    test_accuracy: float | None = None
-    #: cores kept busy by other processes during the epoch's training (the load it was timed under)
-    other_busy_cores: float | None = None
-    #: the method's other loss parts, e.g. ``{"block_l2": [...], "block_ce": [...]}``
-    parts: dict[str, list[float | None]] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
-        names = {f.name for f in dataclasses.fields(cls)} - {"parts"}
-        own = {k: v for k, v in d.items() if k in names}
-        return cls(**own, parts={k: v for k, v in d.items() if k not in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parts"}
-        if self.val_accuracy is None:  # no validation split: the keys are absent, as in noprop 0.1
-            d.pop("val_accuracy")
-            d.pop("val_accuracy_per_step")
-        for k in ("test_accuracy", "other_busy_cores"):  # absent unless measured
-            if d[k] is None:
-                d.pop(k)
-        return {**d, **self.parts}
+#: a directory: ``--dataset folder``'s decoded images (uint8 .npy; SHA-256 in data.json)
+DATA_CACHE = "data"
 
 
 @dataclass
 class Summary:
-    """``summary.json``: the validation-selected model's test accuracy and the run's facts."""
+    """``summary.json``: the validation-selected model's test accuracy and the run's facts.
+
+    ``val_accuracy`` is the selected epoch's validation accuracy, also when the selection was on
+    another metric (``selected_on``); ``num_threads`` the torch threads the run ended with."""
 
     method: str
     dataset: str
@@ -108,6 +80,11 @@ class Summary:
     # added in 0.2 for text runs: further test metrics, e.g. {"bits_per_byte": ...,
     # "bits_per_byte_deterministic": ...}
     test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    # added in 0.2: the validation metric the model was selected on (the task's: accuracy, or bits
+    # per byte for text; runs that lack the field were selected on accuracy) and the selected
+    # epoch's other validation scores, e.g. {"bits_per_byte": ...}
+    selected_on: str = "accuracy"
+    val_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Summary:
@@ -166,6 +143,10 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def data_cache_dir(self) -> Path:
+        return self.path / DATA_CACHE
 
     def is_run(self) -> bool:
         return self.config_path.is_file()
@@ -243,11 +224,11 @@ class RunDir:
         if overwrite:
             for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, DATA_INFO):
                 (self.path / name).unlink(missing_ok=True)
-            tb = self.tensorboard_dir
-            if tb.is_dir() and not tb.is_symlink():
-                shutil.rmtree(tb)
-            else:
-                tb.unlink(missing_ok=True)
+            for directory in (self.tensorboard_dir, self.data_cache_dir):
+                if directory.is_dir() and not directory.is_symlink():
+                    shutil.rmtree(directory)
+                else:
+                    directory.unlink(missing_ok=True)
         self.remove_stale_temp_files()
         atomic_write_json(self.config_path, config)
 

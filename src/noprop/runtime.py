@@ -22,6 +22,11 @@ before noprop (its runtime has started; changing the variable then would only mi
 set itself is marked in ``NOPROP_AUTO_OMP`` so child processes (torchrun workers, benchmark workers,
 ``lm compare``'s training runs) decide again from the load they see when they start.
 
+The thread cap changes the numbers, not only the speed (floating-point sums are split differently:
+the README's digits quickstart gives another test accuracy on 1 thread than on 2), so it is said:
+:func:`thread_cap_note` is the one line ``noprop train`` (and ``eval``, ``predict``) print on stderr
+when the cap is in force, and a run records its thread count (``--threads``, kept on ``--resume``).
+
 Limits: the decision is made once per process. A machine that becomes busy after a run started keeps
 the fast policy (and the slowdown); steal time (other virtual machines on the host) is not counted as
 load, since passive waiting does not help against it. Off Linux nothing is measured or set.
@@ -135,3 +140,39 @@ def apply_omp_defaults(
         environ[AUTO_KEY] = ",".join(chosen)
     STARTUP.update(decided_by="load at start-up", other_busy_cores=load, set=dict(chosen))
     return chosen
+
+
+def thread_cap() -> tuple[int, float] | None:
+    """(threads, cores other processes kept busy) when the start-up check capped ``OMP_NUM_THREADS``
+    in this process; None otherwise (quiet machine, the user's environment, torch loaded first)."""
+    chosen = STARTUP.get("set")
+    if not isinstance(chosen, dict) or "OMP_NUM_THREADS" not in chosen:
+        return None
+    busy = STARTUP.get("other_busy_cores")
+    return int(chosen["OMP_NUM_THREADS"]), float(busy) if isinstance(busy, int | float) else 0.0
+
+
+def thread_cap_note(threads: int, *, recorded: bool = False) -> str | None:
+    """The one line saying that the start-up cap is in force (None when it is not): how many torch
+    threads, why, and how to override. ``threads``: the count the command runs with; ``recorded``:
+    it is a resumed run's recorded count (which overrides the cap)."""
+    cap = thread_cap()
+    if cap is None:
+        return None
+    capped, busy = cap
+    cores = os.cpu_count() or 1
+    if recorded:
+        if threads == capped:
+            return None
+        return (
+            f"noprop: other jobs busy {busy:.1f} cores: keeping the run's recorded {threads} torch "
+            f"thread{'s' if threads != 1 else ''} (--threads {capped} to override; results depend "
+            "on the thread count)"
+        )
+    if threads != capped:  # set otherwise since start-up (torch.set_num_threads)
+        return None
+    return (
+        f"noprop: other jobs busy {busy:.1f} cores: using {threads} torch "
+        f"thread{'s' if threads != 1 else ''} (--threads {cores} to override; results depend on "
+        "the thread count)"
+    )

@@ -17,6 +17,7 @@ import torch
 
 from .. import runs as run_mod
 from ..config import RunConfig
+from ..data.sources import as_source, num_examples
 from ..errors import ConfigError, DivergenceError
 from ..rundir import RunDir
 from ..training.trainer import evaluate
@@ -35,11 +36,11 @@ def evaluate_train_accuracy(
     if runs < 1 or max_samples < 1:
         raise ConfigError("runs and max_samples must be >= 1")
     method, cfg, task, data, dev = run_mod.load_run_with_task(run_dir, device)
-    x, y = data.train
-    if x.shape[0] > max_samples:
-        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_samples]
-        x, y = x[idx], y[idx]
-    x, y = x.to(dev), y.to(dev)
+    n = num_examples(data.train)  # your own data: a source, read by index
+    idx = torch.arange(n)
+    if n > max_samples:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples]
+    x, y = (t.to(dev) for t in as_source(data.train).gather(idx))
     bs = cfg.train.eval_batch_size
     accs = [
         evaluate(

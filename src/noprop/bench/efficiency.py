@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import runtime
 from ..build import build_method
 from ..config import make_config, method_fields
+from ..data.sources import split_tensors
 from ..device import pick_device
 from ..errors import NoPropError
 from ..methods import METHODS
@@ -145,7 +146,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     cfg = make_config(method=args.method, dataset=args.dataset, data_dir=args.data_dir, **overrides)
     device = pick_device(args.device)
     task, data = load_data(cfg)
-    x, y = data.train
+    x, y = split_tensors(data.train)  # your own data: read whole
     if (
         cfg.train.channels_last and x.dim() == 4
     ):  # the layout copy belongs to the data, not training

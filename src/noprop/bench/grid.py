@@ -31,7 +31,7 @@ GRID_FIELDS = ("method", "embedding", "seed")
 # Config fields that do not change the experiment (a finished cell is reused whatever they are).
 # ``parallel``/``dist_timeout_s``: how a run is parallelised (see noprop.runs.RESUMABLE_OVERRIDES).
 NEUTRAL_FIELDS = frozenset(
-    {"device", "eval_batch_size", "data_dir", "download", "channels_last"}
+    {"device", "eval_batch_size", "data_dir", "download", "channels_last", "threads"}
     | {"parallel", "dist_timeout_s"}
     | {"tensorboard", "test_curve"}  # logging only
 )

@@ -236,7 +236,7 @@ def train_child(cfg: RunConfig, out: Path, *, overwrite: bool, progress: bool) -
     run = RunDir(out)
     cmd = [sys.executable, "-m", "noprop", "train"]
     if run.is_run():
-        same = run.read_config() == cfg.to_dict()
+        same = _without_threads(run.read_config()) == _without_threads(cfg.to_dict())
         if same and run.read_summary() is not None:
             return {"reused": True, "peak_rss_mib": None, "child_seconds": None}
         if not same and not overwrite:
@@ -260,6 +260,13 @@ def train_child(cfg: RunConfig, out: Path, *, overwrite: bool, progress: bool) -
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "child_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _without_threads(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json without the thread count the child recorded (``--threads``: not given here, so
+    each child runs with the cores it finds; runs from before it was recorded lack the key)."""
+    train = {k: v for k, v in config.get("train", {}).items() if k != "threads"}
+    return {**config, "train": train}
 
 
 # ------------------------------------------------------------------------------------ main

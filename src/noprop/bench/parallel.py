@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..config import make_config
+from ..data.sources import split_tensors
 from ..errors import NoPropError
 from ..parallel import build_trainer, parallel_context
 from ..runs import load_data
@@ -73,7 +74,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any] | None:
         method = build_for_data(cfg, task, data)
         device = torch.device("cpu")
         trainer = build_trainer(method, cfg, device, ctx, task=task, progress=False)
-        x, y = data.train
+        x, y = split_tensors(data.train)  # your own data: read whole
         x = trainer.to_device(x)  # channels-last for the sequential/parallel trainers
         rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
         gen = torch.Generator().manual_seed(rank)

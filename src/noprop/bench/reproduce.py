@@ -122,17 +122,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="training examples used for the train accuracy (default 10000)",
     )
     p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    add_config_flags(p, skip=frozenset(GRID_FIELDS))  # every train flag except the grid axes
+    # every train flag except the grid axes (--threads among them: training and evaluation)
+    add_config_flags(p, skip=frozenset(GRID_FIELDS))
     return p
 
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
     overrides = {k: v for k, v in given_flags(ns).items() if k not in GRID_FIELDS}
-    if ns.threads is not None:
-        if ns.threads < 1:
-            raise ConfigError(f"--threads must be >= 1 (got {ns.threads})")
-        torch.set_num_threads(ns.threads)
+    threads = overrides.get("threads")
+    if threads is not None:  # the evaluations too, not only the trainings (which record it)
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1 (got {threads})")
+        torch.set_num_threads(threads)
     table = reproduce(
         ns.out,
         parse_list("--methods", ns.methods),

@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..options import at_least
-from .datasets import DATASETS
+from .augment import parse_augment
+from .datasets import DATASETS, USER_DATASETS
 from .text import TEXT_DATASETS
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: str = "digits"
-    """images: digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100; text
-    (next-byte prediction): stdlib (bundled: this Python's standard library source), text
-    (--data-dir FILE or directory of .txt files), tiny-shakespeare"""
+    """images: digits (bundled, offline), mnist, fashion-mnist, kmnist, cifar10, cifar100; your own
+    images: folder (--data-dir DIR with one sub-directory of PNG/JPEG files per class), npy (--data-dir
+    DIR with x_train.npy, y_train.npy [, x_test.npy, y_test.npy], memory-mapped); text (next-byte
+    prediction): stdlib (bundled: this Python's standard library source), text (--data-dir FILE or
+    directory of .txt files), tiny-shakespeare"""
     data_dir: str | None = None
     """directory holding the data set files (downloaded there when missing and online)"""
     val_fraction: float = 0.1
@@ -26,13 +29,24 @@ class DataConfig:
     """download missing data files (default on; --no-download to forbid)"""
     context: int = 128
     """text: bytes of context per window (every position is a next-byte target)"""
+    augment: str = "none"
+    """images: random augmentation of every training batch, on the device: none, crop (shift by up
+    to 4 pixels, zero padding), flip (horizontal) or crop,flip; seeded by --seed, epoch and example"""
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS + TEXT_DATASETS:
+        names = DATASETS + USER_DATASETS + TEXT_DATASETS
+        if self.dataset not in names:
             raise ConfigError(
-                f"unknown --dataset {self.dataset!r}; choose one of "
-                f"{', '.join(DATASETS + TEXT_DATASETS)}"
+                f"unknown --dataset {self.dataset!r}; choose one of {', '.join(names)}"
             )
+        if self.dataset in USER_DATASETS and not self.data_dir:
+            raise ConfigError(f"--dataset {self.dataset} reads your own data: give --data-dir DIR")
+        ops = parse_augment(self.augment)
+        if ops and self.dataset in TEXT_DATASETS:
+            raise ConfigError(
+                f"--augment {self.augment} transforms images; --dataset {self.dataset} is text"
+            )
+        object.__setattr__(self, "augment", ",".join(ops) or "none")  # canonical: crop,flip
         at_least("context", self.context)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")

@@ -1,6 +1,7 @@
 """Load a named data set as normalised train/validation/test tensors.
 
-Data sets (:data:`DATASETS`):
+Data sets (:data:`DATASETS`; your own data, :data:`USER_DATASETS`, are read by
+:mod:`noprop.data.user`):
 
 * ``digits``: scikit-learn's bundled 8x8 digits (offline, 1797 images, 16 grey levels). Its test
   split is a fixed stratified 20% (``random_state=0``), independent of ``seed``, so the test set
@@ -55,6 +56,7 @@ __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "SPECS",
+    "USER_DATASETS",
     "DataSplits",
     "DatasetSpec",
     "default_data_dir",
@@ -64,6 +66,8 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100")
+#: your own data, read from --data-dir (noprop.data.user): their shape and classes come from the data
+USER_DATASETS: tuple[str, ...] = ("folder", "npy")
 DATA_DIR_ENV = "NOPROP_DATA_DIR"
 
 IDX_FILES = (
@@ -125,7 +129,8 @@ class DataSplits:
     """Normalised splits of a data set.
 
     Attributes:
-        train: ``(x, y)``: ``float32`` images ``(N, C, H, W)`` and ``int64`` labels ``(N,)``.
+        train: ``(x, y)``: ``float32`` images ``(N, C, H, W)`` and ``int64`` labels ``(N,)``; for
+            your own data (:mod:`noprop.data.user`) a :class:`~noprop.data.sources.DataSource`.
         val: Validation split, same layout (may be empty when ``val_fraction == 0``).
         test: The official test split, same layout.
         num_classes: Number of label classes.

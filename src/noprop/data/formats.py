@@ -7,7 +7,8 @@ Three formats are read:
   payload. Only unsigned-byte data is accepted: magic ``0x00000801`` (labels, 1-D) and
   ``0x00000803`` (images, 3-D). Files may be gzip-compressed or not; gzip is recognised by its
   magic bytes, and a file named ``*.gz`` that is not gzip is an error.
-* **.npy** (``noprop predict``'s arrays): NumPy's header, then the payload; numbers only.
+* **.npy** (``noprop predict``'s arrays; ``--dataset npy``, memory-mapped): NumPy's header, then
+  the payload; numbers only.
 * **CIFAR binary** (the official ``*-binary.tar.gz`` releases): fixed-size records of one label
   byte (CIFAR-10) or a coarse and a fine label byte (CIFAR-100) followed by 3072 pixel bytes
   (red, green, blue planes of 32x32).
@@ -31,7 +32,7 @@ import os
 import zlib
 from math import prod
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 
@@ -43,6 +44,7 @@ __all__ = [
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
     "MAX_DECOMPRESSED_BYTES",
+    "open_npy",
     "read_cifar_binary",
     "read_idx",
     "read_npy",
@@ -281,6 +283,27 @@ _NPY_HEADERS = {
 }
 
 
+def _npy_header(handle: BinaryIO, description: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of an open ``.npy`` file, checked before any payload is read:
+    numbers only (no pickled objects), and shape × item size equal to the bytes that follow."""
+    size = os.fstat(handle.fileno()).st_size
+    version = np.lib.format.read_magic(handle)
+    if version not in _NPY_HEADERS:
+        raise DataError(f"{description}: unsupported .npy format version {version}")
+    shape, fortran, dtype = _NPY_HEADERS[version](handle)
+    if dtype.hasobject:
+        raise DataError(f"{description} holds Python objects (a pickle); refusing to load it")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise DataError(f"{description}: a .npy array of {dtype} is not numbers")
+    expected = prod(shape) * dtype.itemsize
+    if size - handle.tell() != expected:
+        raise DataError(
+            f"{description}: header declares shape {shape} of {dtype} ({expected} bytes) "
+            f"but {size - handle.tell()} bytes follow; truncated or forged"
+        )
+    return shape, fortran, dtype
+
+
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a ``.npy`` array of numbers, its header checked before its payload is read.
 
@@ -294,25 +317,31 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     description = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            version = np.lib.format.read_magic(handle)
-            if version not in _NPY_HEADERS:
-                raise DataError(f"{description}: unsupported .npy format version {version}")
-            shape, fortran, dtype = _NPY_HEADERS[version](handle)
-            if dtype.hasobject:
-                raise DataError(
-                    f"{description} holds Python objects (a pickle); refusing to load it"
-                )
-            if dtype.kind not in "biuf" or dtype.fields is not None:
-                raise DataError(f"{description}: a .npy array of {dtype} is not numbers")
-            expected = prod(shape) * dtype.itemsize
-            if size - handle.tell() != expected:
-                raise DataError(
-                    f"{description}: header declares shape {shape} of {dtype} ({expected} bytes) "
-                    f"but {size - handle.tell()} bytes follow; truncated or forged"
-                )
+            shape, fortran, dtype = _npy_header(handle, description)
             array = np.fromfile(handle, dtype=dtype, count=prod(shape))
         return array.reshape(shape, order="F" if fortran else "C")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure is one line naming the file
+        detail = " ".join(str(exc).split())[:160]
+        raise DataError(f"cannot read {description} as a .npy array: {detail}") from None
+
+
+def open_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """A ``.npy`` array of numbers opened memory-mapped (read-only; nothing is read until indexed),
+    its header checked first as by :func:`read_npy`, then ``np.load(mmap_mode="r",
+    allow_pickle=False)`` (``--dataset npy``: arrays larger than memory).
+
+    Raises:
+        DataError: one line naming the file, whatever is wrong with it.
+    """
+    description = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            shape, _, dtype = _npy_header(handle, description)
+        if prod(shape) == 0:  # nothing to map (an empty file region cannot be memory-mapped)
+            return np.empty(shape, dtype)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is one line naming the file

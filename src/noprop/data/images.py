@@ -1,4 +1,4 @@
-"""Bounded decoding of PNG/JPEG files from anyone (``noprop predict``; a future image-folder data set).
+"""Bounded decoding of PNG/JPEG files from anyone (``noprop predict``; ``--dataset folder``).
 
 An image is checked before it is decoded: its size on disk against the byte limit, then the width
 × height in its header against the pixel limit (:func:`noprop.limits.image_limits`: 16.7 MP and
@@ -15,10 +15,13 @@ image is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +41,9 @@ def _pillow():  # type: ignore[no-untyped-def]
     return Image
 
 
-def read_image(
-    path: Path, mode: str, size: tuple[int, int] | None = None
-) -> tuple[np.ndarray, bool]:
-    """(uint8 array (H, W) for mode "L" or (H, W, 3) for "RGB", whether it was resized to ``size``
-    = (width, height)); a DataError naming ``path`` if it is too large, not PNG/JPEG or corrupt."""
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """The image at ``path`` opened (header read, pixels not yet), within the limits, PNG/JPEG only."""
     Image = _pillow()
     max_pixels, max_bytes = image_limits()
     with guard(path, "image", DataError):
@@ -64,17 +65,42 @@ def read_image(
                         f"image {path} is {width}×{height} pixels, more than {max_pixels} "
                         f"({IMAGE_PIXELS_ENV}); a decompression bomb?"
                     )
-                out = img.convert(mode)
-                resized = size is not None and out.size != size
-                if resized:
-                    out = out.resize(size, Image.Resampling.BILINEAR)
-                return np.asarray(out, dtype=np.uint8), resized
+                yield img
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], str]:
+    """((width, height), Pillow mode) of an image from its header (no pixels decoded); a DataError
+    naming ``path`` as :func:`read_image` gives."""
+    with _opened(path) as img:
+        return img.size, img.mode
+
+
+def read_image(
+    path: Path, mode: str, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, bool]:
+    """(uint8 array (H, W) for mode "L" or (H, W, 3) for "RGB", whether it was resized to ``size``
+    = (width, height)); a DataError naming ``path`` if it is too large, not PNG/JPEG or corrupt."""
+    Image = _pillow()
+    with _opened(path) as img:  # a decoding failure inside is a DataError too
+        out = img.convert(mode)
+        resized = size is not None and out.size != size
+        if resized:
+            out = out.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(out, dtype=np.uint8), resized
 
 
 def read_images(
-    paths: list[Path], mode: str, size: tuple[int, int] | None = None, *, skip_bad: bool = False
+    paths: list[Path],
+    mode: str,
+    size: tuple[int, int] | None = None,
+    *,
+    skip_bad: bool = False,
+    check: Callable[[list[Path]], None] | None = None,
 ) -> tuple[list[np.ndarray], list[Path], int]:
-    """(arrays, their paths, how many were resized) of ``paths`` (module docstring for the policy)."""
+    """(arrays, their paths, how many were resized) of ``paths`` (module docstring for the policy).
+
+    ``check(paths read)`` runs before the skip warning is printed: a caller's own policy (a data
+    set's: every class keeps an image) fails with its one-line error alone."""
     arrays, kept, resized, bad = [], [], 0, []
     for p in paths:
         try:
@@ -87,12 +113,14 @@ def read_images(
         arrays.append(array)
         kept.append(p)
         resized += was_resized
+    if not arrays and paths:
+        raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0]})")
+    if check is not None:
+        check(kept)
     if bad:
         print(
             f"noprop: warning: skipped {len(bad)} of {len(paths)} images that cannot be read "
             f"(first: {bad[0]})",
             file=sys.stderr,
         )
-    if not arrays and paths:
-        raise DataError(f"none of the {len(paths)} images could be read (first: {bad[0]})")
     return arrays, kept, resized

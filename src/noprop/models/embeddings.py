@@ -56,8 +56,17 @@ class ClassEmbedding(nn.Module):
         return p if self.kind == "one-hot" else p @ self.weight
 
 
+#: images per class the prototype initialisation reads at most (a seeded subsample of larger classes)
+PROTOTYPE_MAX_PER_CLASS = 2000
+
+
 def prototype_init(
-    x: Tensor, y: Tensor, num_classes: int, *, max_per_class: int = 2000, seed: int = 0
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    *,
+    max_per_class: int = PROTOTYPE_MAX_PER_CLASS,
+    seed: int = 0,
 ) -> Tensor:
     """Row y = the image of class y with the smallest median L2 distance to the others (spec §3.4).
 

@@ -118,16 +118,22 @@ def collective(ctx: DistContext | None, what: str) -> Iterator[None]:
         ) from None
 
 
+def backend_for(name: str, device: torch.device, env: LaunchEnv) -> str:
+    """gloo on CPU; NCCL with one GPU per local rank; gloo again when local ranks share a GPU
+    (``--device cuda:N``): NCCL refuses two ranks on one device, gloo stages CUDA tensors through
+    host memory — slower, but it runs block-parallel on a one-GPU machine. [I] Unverified on CUDA
+    in this repository's CI (no GPU): scripts/gpu-check.sh runs it."""
+    if device.type != "cuda":
+        return "gloo"
+    return "gloo" if name.startswith("cuda:") and env.local_world_size > 1 else "nccl"
+
+
 def rank_device(name: str, env: LaunchEnv) -> torch.device:
-    """One device per rank: CPU, or ``cuda:LOCAL_RANK`` for ``auto``/``cuda``."""
+    """One device per rank: CPU, or ``cuda:LOCAL_RANK`` for ``auto``/``cuda``; ``cuda:N`` puts every
+    local rank on GPU N (time-sharing one GPU: checks and small runs; see :func:`backend_for`)."""
     device = pick_device(name)
     if device.type != "cuda":
         return device
-    if name.startswith("cuda:") and env.local_world_size > 1:
-        raise ConfigError(
-            f"--device {name} would put all {env.local_world_size} local ranks on one GPU; use "
-            "--device cuda (rank i takes cuda:LOCAL_RANK)"
-        )
     if name.startswith("cuda:"):
         return device
     if env.local_rank >= torch.cuda.device_count():
@@ -189,7 +195,7 @@ def parallel_context(cfg: RunConfig) -> Iterator[DistContext | None]:
     ctx = DistContext(env.rank, env.world_size, env.local_rank, device, placement, timeout_s)
     with collective(ctx, "joining the process group"):
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo",
+            backend_for(cfg.train.device, device, env),
             rank=env.rank,
             world_size=env.world_size,
             timeout=timedelta(seconds=timeout_s),

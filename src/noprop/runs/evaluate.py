@@ -50,7 +50,7 @@ def load_run_with_task(
     payload = load_checkpoint(run.checkpoint_path)
     check_payload(run, payload, cfg)
     dev = pick_device(device)
-    task, data = load_data(cfg)
+    task, data = load_data(cfg, run)
     method = build_for_data(cfg, task, data).to(dev)
     state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
     try:
@@ -162,7 +162,7 @@ def evaluate_chains(
     if not chains or any(n < 1 for n in chains):
         raise ConfigError(f"--chains takes positive integers (got {chains})")
     model = load(run_dir, device, precision)
-    _, data = load_data(model.config)
+    _, data = load_data(model.config, RunDir(run_dir))
     if compile:
         compile_for_inference(model.method, model.config.train.eval_batch_size)
     x, y = data.test

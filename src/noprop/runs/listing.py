@@ -2,6 +2,9 @@
 
 Status: ``exported`` (a ``noprop export`` directory), ``finished`` (summary.json), ``resumable`` (a checkpoint of a completed epoch, no summary:
 ``noprop train --resume DIR``), ``failed`` (config.json only: stopped before its first epoch ended).
+
+``val`` is the validation accuracy of the selected epoch: summary.json's for a finished run; for an
+unfinished one, that of the best epoch so far on the task's metric (accuracy; bits per byte for text).
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.text import TEXT_DATASETS
 from ..errors import NoPropError
 from ..rundir import RunDir
+from ..tasks import LanguageTask, Task
+from ..training.record import VAL
 
 
 def find_runs(root: str | Path, max_depth: int = 3) -> list[Path]:
@@ -50,10 +56,25 @@ def describe(path: Path) -> dict[str, Any]:
         row.update(status="finished", epochs=summary.get("epochs"),
                    val=summary.get("val_accuracy"), test=summary.get("test_accuracy"))  # fmt: skip
     else:
-        vals = [r["val_accuracy"] for r in records if "val_accuracy" in r]
         status = "resumable" if run.checkpoint_path.is_file() else "failed"
-        row.update(status=status, epochs=len(records), val=max(vals) if vals else None, test=None)
+        text = row["dataset"] in TEXT_DATASETS
+        val = best_val_accuracy(records, LanguageTask if text else Task)
+        row.update(status=status, epochs=len(records), val=val, test=None)
     return row
+
+
+def best_val_accuracy(records: list[dict[str, Any]], task: type[Task]) -> float | None:
+    """The validation accuracy of the best epoch on ``task``'s metric (the first of equal ones)."""
+    key = f"{VAL}{task.metric}"  # metrics.jsonl's flat key (read raw: a torn file still lists)
+    scored = [(r[key], r.get("val_accuracy")) for r in records if _is_number(r.get(key))]
+    if not scored:
+        return None
+    sign = 1.0 if task.higher_is_better else -1.0
+    return max(scored, key=lambda s: sign * s[0])[1]  # max keeps the first of equal values
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:

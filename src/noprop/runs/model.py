@@ -32,7 +32,7 @@ from torch import Tensor
 from ..atomic import atomic_write_json
 from ..build import build_method, check_weights
 from ..config import RunConfig
-from ..data.datasets import SPECS, normalise
+from ..data.datasets import USER_DATASETS, normalise
 from ..data.text import TEXT_DATASETS
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError
@@ -181,7 +181,10 @@ def load(path: str | Path, device: str = "auto", precision: str | None = None) -
         )
     if (path / WEIGHTS).is_file():
         cfg = run.config()
-        task = task_for(cfg.data)
+        recorded = None  # your own data: the shape and classes normalisation.json records
+        if cfg.data.dataset in USER_DATASETS:
+            recorded = read_json(path / NORMALISATION, CheckpointError, what="normalisation file")
+        task = task_for(cfg.data, recorded=recorded)
         info = _read_normalisation(path, task.in_shape)
         weights = path / WEIGHTS
         check_weights(cfg, task, safetensors_header(weights, CheckpointError), weights)
@@ -193,8 +196,8 @@ def load(path: str | Path, device: str = "auto", precision: str | None = None) -
         cfg = run.config()
         payload = load_checkpoint(run.checkpoint_path)
         check_payload(run, payload, cfg)  # also the state's shapes against the config's model
-        task, data = load_data(cfg)  # the normalisation is the training split's
-        info = Normalisation(data.mean, data.std, SPECS[cfg.data.dataset].max_value)
+        task, data = load_data(cfg, run)  # the normalisation is the training split's
+        info = Normalisation(data.mean, data.std, task.spec.max_value)  # type: ignore[attr-defined]
         method = _skeleton_method(cfg, task)
         state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
         _load_weights(method, state, run.checkpoint_path)

@@ -16,6 +16,14 @@ epoch (:class:`~noprop.training.callbacks.FiniteParameters`) stop the run with a
 :class:`~noprop.errors.DivergenceError` naming the block and the epoch; the checkpoint of the last good
 epoch is kept (nothing of the bad epoch is written).
 
+Threads: the numbers depend on torch's CPU thread count, so a run records it in ``config.json``
+(``--threads``; when not given, the count the process has: all cores, or those other jobs left free
+when noprop started, :mod:`noprop.runtime`, which then says so on stderr). ``--resume`` runs with the
+recorded count unless ``--threads`` is given again (the override is used, not written to
+``config.json``: ``summary.json``'s ``num_threads`` is the count the run ended with); runs recorded
+before the flag was recorded resume with the process's count. The count is set for the call and
+restored after it.
+
 Parallel runs (``--parallel``, see noprop/parallel/): every rank validates, loads the data (local rank
 0 first, so a download happens once per machine), builds the model and reads the checkpoint; only rank
 0 writes the run directory, the metrics, the checkpoint and the summary (and, with ``--tensorboard``,
@@ -24,10 +32,12 @@ the TensorBoard event files in ``RUN/tensorboard``, :mod:`noprop.training.tensor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +46,22 @@ import torch
 from ..build import build_method, check_weights, state_shapes
 from ..config import RunConfig
 from ..data import DataSplits
+from ..data.augment import parse_augment
+from ..data.datasets import USER_DATASETS
+from ..data.sources import Augmented, as_source, class_examples, num_examples
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, DivergenceError, NoPropError
 from ..methods import Method
+from ..models.embeddings import PROTOTYPE_MAX_PER_CLASS
 from ..parallel import build_trainer, parallel_context
 from ..parallel.distributed import DistContext
 from ..precision import native_bf16
 from ..rundir import RunDir, Summary
+from ..runtime import thread_cap_note
 from ..tasks import Task, task_for
 from ..training.callbacks import Callback, FiniteParameters
 from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.record import EpochRecord
 from ..training.tensorboard import TensorBoardLogger, require_tensorboard
 from ..training.trainer import Trainer, evaluate
 from ..version import __version__
@@ -60,17 +76,32 @@ RESUMABLE_OVERRIDES = frozenset(
     | {"parallel", "dist_timeout_s"}
     # logging only: event files are written or not, the training is the same
     | {"tensorboard", "test_curve"}
+    # recorded and kept on --resume, unless given again (module docstring)
+    | {"threads"}
 )
 
 
-def load_data(cfg: RunConfig) -> tuple[Task, DataSplits]:
-    """The run's task and its data splits."""
-    task = task_for(cfg.data)
+def run_task(cfg: RunConfig, run: RunDir | None = None) -> Task:
+    """The task of ``cfg``; of an existing ``run``, with what it recorded of its data (your own
+    data's shape and classes, in ``data.json``, and the decoded images it cached)."""
+    if run is None or cfg.data.dataset not in USER_DATASETS:
+        return task_for(cfg.data)
+    return task_for(cfg.data, recorded=run.read_data_info(), cache=run.data_cache_dir)
+
+
+def load_data(cfg: RunConfig, run: RunDir | None = None) -> tuple[Task, DataSplits]:
+    """The run's task and its data splits (of an existing ``run``: the same data, checked)."""
+    task = run_task(cfg, run)
     return task, task.load(cfg.data, cfg.train.seed)
 
 
 def build_for_data(cfg: RunConfig, task: Task, data: DataSplits) -> Method:
-    return build_method(cfg, task, None, *data.train)
+    """The run's method; the prototype embedding reads its class examples from the training split."""
+    if cfg.model.embedding != "prototype":
+        return build_method(cfg, task, None)
+    x, y = class_examples(data.train, task.num_classes, max_per_class=PROTOTYPE_MAX_PER_CLASS,
+                          seed=cfg.train.seed)  # fmt: skip
+    return build_method(cfg, task, None, x, y)
 
 
 def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
@@ -92,6 +123,8 @@ def resume_config(run: RunDir, overrides: dict[str, Any]) -> RunConfig:
             f"--resume {run.path}: --{k.replace('_', '-')} {v} conflicts with the run's {flat[k]!r}"
         )
     allowed = {k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES}
+    if allowed.get("threads", 0) is None:  # not given: the run's recorded thread count
+        del allowed["threads"]
     return saved.replace(**allowed)
 
 
@@ -121,7 +154,7 @@ def check_payload(run: RunDir, payload: dict[str, Any], cfg: RunConfig) -> None:
                 f"{path} was written with --{k.replace('_', '-')} {saved.get(k)!r} but "
                 f"{run.config_path} says {v!r}; the checkpoint is incompatible with this config"
             )
-    task = task_for(cfg.data)  # the config is untrusted too: its model must be the weights' model
+    task = run_task(cfg, run)  # the config is untrusted too: its model must be the weights' model
     for key in ("model", "best_model"):
         if key == "model" or state.get(key) is not None:
             check_weights(cfg, task, state_shapes(state[key], path), path)
@@ -136,8 +169,8 @@ class RunDirWriter(Callback):
         self.run, self.saved_config, self.pause_at = run, saved_config, pause_at
         self.saved_epoch = 0  # the epoch checkpoint.pt holds
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        epoch = record.epoch
         self.run.append_metrics(record)
         if self.pause_at == ("metrics", epoch):
             pause("metrics", epoch)
@@ -172,10 +205,41 @@ def train(
     run = RunDir(out)
     if resume and run.is_export():
         raise ConfigError(f"--resume {run.path}: an exported model holds no training state")
+    recorded = False
     if resume:
+        given = (overrides or {}).get("threads") is not None
         cfg = resume_config(run, overrides or {})
-    with parallel_context(cfg) as ctx:
-        return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+        recorded = cfg.train.threads is not None and not given
+    with torch_threads(cfg.train.threads) as threads:
+        if cfg.train.threads is None or recorded:
+            say_thread_cap(threads, recorded=recorded)
+        cfg = cfg.replace(threads=threads)  # what config.json records for a new run
+        with parallel_context(cfg) as ctx:
+            return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """torch on ``n`` CPU threads for the block (None: as it is), restored after; yields the count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
+_SAID: set[str] = set()
+
+
+def say_thread_cap(threads: int, *, recorded: bool = False) -> None:
+    """Print :func:`~noprop.runtime.thread_cap_note` on stderr, once per process (rank 0 only)."""
+    note = thread_cap_note(threads, recorded=recorded)
+    if note is not None and note not in _SAID and os.environ.get("RANK", "0") == "0":
+        _SAID.add(note)
+        print(note, file=sys.stderr, flush=True)
 
 
 def _train(
@@ -205,10 +269,11 @@ def _train(
             "AMX): --precision bf16-mixed runs, but slower than 32",
             file=sys.stderr,
         )
+    same = run if payload is not None else None  # a resumed run reads (and checks) the same data
     if ctx is None:
-        task, data = load_data(cfg)
+        task, data = load_data(cfg, same)
     else:
-        task, data = ctx.local_main_first(lambda: load_data(cfg), "to load the data")
+        task, data = ctx.local_main_first(lambda: load_data(cfg, same), "to load the data")
     method = build_for_data(cfg, task, data)
     callbacks: list[Callback] = [FiniteParameters()]
     if pause_at is not None and pause_at[0] == "step":
@@ -219,7 +284,7 @@ def _train(
         callbacks.append(writer)
         if cfg.train.tensorboard:
             # a DT epoch is one pass over the training data per block (Trainer.fit's data_passes)
-            samples = int(data.train[0].shape[0]) * method.num_units
+            samples = num_examples(data.train) * method.num_units
             callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
     trainer = build_trainer(
         method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks
@@ -238,6 +303,8 @@ def _train(
         run.remove_stale_temp_files()
     elif is_main:
         run.start(cfg.to_dict(), overwrite=overwrite)
+    if is_main:  # your own images' decoded cache, before data.json records its SHA-256
+        task.save_data(run.data_cache_dir)
     if is_main and (info := task.data_info()) is not None:
         run.write_data_info(
             info
@@ -245,8 +312,11 @@ def _train(
     if writer is not None:
         writer.saved_config = run.config().to_dict()
         writer.saved_epoch = trainer.state.epoch
+    train_split = data.train
+    if ops := parse_augment(cfg.data.augment):  # --augment: on the device, seeded (data/augment.py)
+        train_split = Augmented(as_source(train_split), ops, cfg.train.seed)
     try:
-        trainer.fit(data.train, data.val, test=data.test if cfg.train.test_curve else None)
+        trainer.fit(train_split, data.val, test=data.test if cfg.train.test_curve else None)
     except DivergenceError as e:
         last = writer.saved_epoch if writer is not None else 0
         kept = (
@@ -298,7 +368,11 @@ def final_summary(
         method=cfg.method.method,
         dataset=cfg.data.dataset,
         embedding=cfg.model.embedding,
-        val_accuracy=st.best_val if st.best_val >= 0 else None,
+        # the selected epoch's validation accuracy, whatever the selection metric (checkpoints of
+        # noprop < 0.2 hold only best_val, which was the accuracy)
+        val_accuracy=st.best_scores.get(
+            "accuracy", st.best_val if st.metric == "accuracy" else None
+        ),
         best_epoch=st.best_epoch,
         test_accuracy=stochastic["accuracy"],
         test_accuracy_deterministic=deterministic["accuracy"],
@@ -307,7 +381,7 @@ def final_summary(
         epochs=st.epoch,
         data_passes=st.data_passes,
         params_per_block=method.params_per_block(),
-        num_train=int(data.train[0].shape[0]),
+        num_train=num_examples(data.train),
         num_val=int(data.val[0].shape[0]),
         num_test=int(x.shape[0]),
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -318,4 +392,6 @@ def final_summary(
         torch_version=torch.__version__,
         noprop_version=__version__,
         test_scores=scores,
+        selected_on=st.metric,
+        val_scores={k: v for k, v in st.best_scores.items() if k != "accuracy"},
     )

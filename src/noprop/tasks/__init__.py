@@ -6,8 +6,11 @@ sets' specs naming it (``DatasetSpec.task``).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from ..data import DataConfig
-from ..data.datasets import SPECS
+from ..data.datasets import SPECS, USER_DATASETS
 from ..data.text import TEXT_DATASETS
 from .base import BlockFamily, Task
 from .classification import ClassificationTask
@@ -18,11 +21,19 @@ from .language import LanguageTask, bits, mixture_bits, unigram_bits
 TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "language": LanguageTask}
 
 
-def task_for(data: str | DataConfig) -> Task:
-    """The task a data set poses: a name, or a :class:`DataConfig` (its ``--context`` for text)."""
+def task_for(
+    data: str | DataConfig, *, recorded: dict[str, Any] | None = None, cache: Path | None = None
+) -> Task:
+    """The task a data set poses: a name, or a :class:`DataConfig` (its ``--context`` for text).
+
+    Your own data (``folder``, ``npy``) are classification whose shape and classes are known once the
+    data are read, or from ``recorded`` (what a run recorded of them: its ``data.json``); ``cache`` is
+    the run's decoded-image cache (:mod:`noprop.data.user`)."""
     name = data if isinstance(data, str) else data.dataset
     if name in TEXT_DATASETS:
         return LanguageTask(name, 128 if isinstance(data, str) else data.context)
+    if name in USER_DATASETS:
+        return ClassificationTask(name, recorded=recorded, cache=cache)
     return TASKS[SPECS[name].task](name)  # type: ignore[call-arg]
 
 

@@ -10,6 +10,7 @@ one new file here and one line in :data:`noprop.tasks.TASKS`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -26,8 +27,11 @@ class Task(ABC):
     """One kind of supervised problem (see module docstring)."""
 
     name: ClassVar[str]
-    #: the name of :meth:`score`'s metric in records (``val_<metric>``) and tables
+    #: the validation metric that selects the model and drives ``--patience``: ``accuracy`` (from
+    #: :meth:`score`) or a name of :meth:`extra_scores`; records hold it as ``val_<metric>``
     metric: ClassVar[str] = "accuracy"
+    #: whether a larger :attr:`metric` is better (accuracy) or a smaller one (bits per byte)
+    higher_is_better: ClassVar[bool] = True
     #: label dimensions per example: 0 for one class per input (y (B,)), 1 for one label per
     #: position (y (B, L), next-token prediction); z then has shape (*y.shape, d)
     label_dims: ClassVar[int] = 0
@@ -58,6 +62,10 @@ class Task(ABC):
 
     def data_info(self) -> dict | None:
         """Facts about the loaded data a run directory records (default: none)."""
+        return None
+
+    def save_data(self, directory: Path) -> None:
+        """Write what a run directory keeps of the loaded data into ``directory`` (default: none)."""
         return None
 
     def eval_batch_size(self, requested: int) -> int:

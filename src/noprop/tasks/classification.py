@@ -7,14 +7,16 @@ for the Fig. 6 convolutions on CPU and 10× for max-pool (BENCHMARKS.md). Metric
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..data import DataConfig, DataSplits, load_dataset
-from ..data.datasets import SPECS, DatasetSpec
-from ..errors import ConfigError
+from ..data.datasets import SPECS, USER_DATASETS, DatasetSpec
+from ..data.user import UserData, load_user_dataset, spec_from_record
+from ..errors import ConfigError, DataError
 from ..models import build_dt_block
 from ..models.config import ModelConfig
 from ..models.ct_blocks import build_ct_block
@@ -26,15 +28,39 @@ class ClassificationTask(Task):
 
     name: ClassVar[str] = "classification"
 
-    def __init__(self, dataset: str) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        *,
+        recorded: dict[str, Any] | None = None,
+        cache: Path | None = None,
+    ) -> None:
         self.dataset = dataset
-        self.spec: DatasetSpec = SPECS[dataset]
+        self.user: UserData | None = None
+        self.recorded, self.cache = recorded, cache
+        if dataset in USER_DATASETS:  # your own data: the spec is the data's (noprop.data.user)
+            self._spec = None if recorded is None else spec_from_record(recorded, "data.json")
+        else:
+            self._spec = SPECS[dataset]
+
+    @property
+    def spec(self) -> DatasetSpec:
+        if self._spec is None:
+            raise DataError(
+                f"--dataset {self.dataset}: the input shape and classes are known once the data "
+                "are read (or from the run's data.json, which is missing)"
+            )
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: DatasetSpec) -> None:
+        self._spec = spec
 
     @classmethod
     def from_shape(cls, in_shape: tuple[int, ...], num_classes: int) -> ClassificationTask:
         """A task for in-memory tensors of any shape (no data set behind it; :meth:`load` refuses)."""
         task = cls.__new__(cls)
-        task.dataset = ""
+        task.dataset, task.user, task.recorded, task.cache = "", None, None, None
         task.spec = DatasetSpec(num_classes, tuple(in_shape), 1.0)  # type: ignore[arg-type]
         return task
 
@@ -50,6 +76,10 @@ class ClassificationTask(Task):
         return self.spec.class_name(k)
 
     def load(self, data: DataConfig, seed: int) -> DataSplits:
+        if self.dataset in USER_DATASETS:
+            self.user = load_user_dataset(data, seed, recorded=self.recorded, cache=self.cache)
+            self.spec = self.user.spec
+            return self.user.splits
         return load_dataset(
             data.dataset,
             data.data_dir,
@@ -58,6 +88,15 @@ class ClassificationTask(Task):
             max_train_samples=data.max_train_samples,
             download=data.download,
         )
+
+    def data_info(self) -> dict | None:
+        """Your own data: shape, classes, normalisation and checksums (``data.json``)."""
+        return None if self.user is None else self.user.info
+
+    def save_data(self, directory: Path) -> None:
+        """Your own images: the decoded cache (``RUN/data``; :mod:`noprop.data.user`)."""
+        if self.user is not None:
+            self.user.save_cache(directory)
 
     def build_block(self, family: BlockFamily, model: ModelConfig, d: int) -> nn.Module:
         if model.block == "transformer":

@@ -10,7 +10,8 @@ seeded random subset of K training windows (in corpus order).
 
 A block reads x (B, L) and z (B, L, d) and returns (B, L, 256) logits; labels are (B, L), so a method
 sees one label per position (``label_dims = 1``). Metrics: top-1 accuracy (the trainer's
-``accuracy``, over all positions) and bits per byte, the mean of −log2 p̂(next byte) (:func:`bits`).
+``accuracy``, over all positions) and bits per byte, the mean of −log2 p̂(next byte) (:func:`bits`);
+the model is selected on validation bits per byte (:attr:`LanguageTask.metric`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class LanguageTask(Task):
     """Next-byte prediction on a text corpus of :data:`noprop.data.text.TEXT_DATASETS`."""
 
     name: ClassVar[str] = "language"
+    #: models are selected (and ``--patience`` counts) on validation bits per byte, lower is better
+    metric: ClassVar[str] = "bits_per_byte"
+    higher_is_better: ClassVar[bool] = False
     label_dims: ClassVar[int] = 1
     default_embed_dim: ClassVar[int] = TEXT_EMBED_DIM
 

@@ -3,12 +3,14 @@
 from .callbacks import Callback, FiniteParameters
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, Step, derive_seed
+from .record import EpochRecord
 from .steps import LocalStep, Optimizers, StepFunction, make_optimizer
 from .trainer import Trainer, TrainState, evaluate
 
 __all__ = [
     "Algorithm1",
     "Callback",
+    "EpochRecord",
     "FiniteParameters",
     "Interleaved",
     "LocalStep",

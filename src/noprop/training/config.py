@@ -40,7 +40,8 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N"""
     patience: int | None = None
-    """stop after N epochs without a better validation accuracy"""
+    """stop after N epochs without a better validation score on the task's metric (accuracy; bits
+    per byte for text)"""
     eval_batch_size: int = 1000
     """batch size of validation and test inference"""
     channels_last: bool = True
@@ -62,6 +63,9 @@ class TrainConfig:
     test_curve: bool = False
     """also evaluate the test split after every epoch (default inference) and record test_accuracy in
     metrics.jsonl, for accuracy-vs-time curves; never used for model selection"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores, or those other jobs left free at start-up). The numbers
+    depend on it; config.json records the count used and --resume keeps it unless given again"""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -75,4 +79,6 @@ class TrainConfig:
         if self.patience is not None:
             at_least("patience", self.patience)
         at_least("eval_batch_size", self.eval_batch_size)
+        if self.threads is not None:
+            at_least("threads", self.threads)
         positive("dist_timeout_s", self.dist_timeout_s)

@@ -1,14 +1,17 @@
 """Optional TensorBoard logging (``--tensorboard``): every epoch's metrics as scalars.
 
 :class:`TensorBoardLogger` writes, at global step = the epoch number (1-based, as in
-``metrics.jsonl``), the values of the epoch's record and a few the record does not hold:
+``metrics.jsonl``), the values of the epoch's :class:`~noprop.training.record.EpochRecord` and a few
+the record does not hold:
 
 * ``loss/block_NN`` and ``<part>/block_NN`` (e.g. ``l2/block_03``, ``ce/block_03``): the per-block
-  epoch means of the loss and of each of its parts (``block_<part>`` in the record; blocks count
+  epoch means of the loss and of each of its parts (``block_<part>`` in metrics.jsonl; blocks count
   from 1, a block this process did not train is skipped);
 * ``val/accuracy`` and ``val/accuracy_step_NN``: validation accuracy, overall and of the read-out
   ``val_accuracy_per_step[NN]`` (DT: after inference step NN, ``step_00`` being z_0's read-out;
   CT/FM/adjoint: the NN-th of the reported grid points); absent without a validation split;
+* ``val/<score>`` and ``val/<score>_step_NN`` for the task's other validation scores (text:
+  ``val/bits_per_byte``, the metric its model is selected on);
 * ``lr/block_NN`` and ``lr/shared``: the learning rate of every optimiser (``_group_K`` appended for
   an optimiser with several parameter groups);
 * ``throughput/samples_per_s``: training samples processed in the epoch / the epoch's seconds;
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .callbacks import Callback
+from .record import EpochRecord
 
 if TYPE_CHECKING:  # only for annotations: the trainer imports the callbacks
     from .trainer import Trainer
@@ -62,8 +66,8 @@ class TensorBoardLogger(Callback):
         self._writer_cls = require_tensorboard()
         self.writer: Any = None
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        step = int(record["epoch"])
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        step = record.epoch
         if self.writer is None:
             # purge_step: hide events of an earlier session at or after this epoch (resume)
             self.writer = self._writer_cls(str(self.log_dir), purge_step=step)
@@ -82,23 +86,23 @@ class TensorBoardLogger(Callback):
 
 
 def scalars(
-    trainer: Trainer, record: dict[str, Any], samples_per_epoch: float | None = None
+    trainer: Trainer, record: EpochRecord, samples_per_epoch: float | None = None
 ) -> list[tuple[str, float]]:
     """The (tag, value) pairs of one epoch (module docstring)."""
     out: list[tuple[str, float]] = []
-    for key, values in record.items():
-        if key.startswith("block_") and isinstance(values, list):
-            part = key.removeprefix("block_")
+    for part, values in record.losses().items():
+        out += [
+            (f"{part}/block_{u + 1:02d}", float(v)) for u, v in enumerate(values) if _is_number(v)
+        ]
+    val = {"accuracy": record.val_accuracy, "accuracy_per_step": record.val_accuracy_per_step}
+    for name, value in (val | record.val_scores).items():
+        if _is_number(value):
+            out.append((f"val/{name}", float(value)))
+        elif isinstance(value, list) and name.endswith("_per_step"):
+            base = name.removesuffix("_per_step")
             out += [
-                (f"{part}/block_{u + 1:02d}", float(v))
-                for u, v in enumerate(values)
-                if _is_number(v)
+                (f"val/{base}_step_{i:02d}", float(v)) for i, v in enumerate(value) if _is_number(v)
             ]
-    if _is_number(record.get("val_accuracy")):
-        out.append(("val/accuracy", float(record["val_accuracy"])))
-    for i, acc in enumerate(record.get("val_accuracy_per_step") or []):
-        if _is_number(acc):
-            out.append((f"val/accuracy_step_{i:02d}", float(acc)))
     optimizers = [(f"block_{u + 1:02d}", o) for u, o in enumerate(trainer.optimizers)]
     if trainer.shared_optimizer is not None:
         optimizers.append(("shared", trainer.shared_optimizer))
@@ -107,15 +111,12 @@ def scalars(
         for k, group in enumerate(groups):
             suffix = "" if len(groups) == 1 else f"_group_{k}"
             out.append((f"lr/{name}{suffix}", float(group["lr"])))
-    seconds = record.get("epoch_seconds")
-    if _is_number(seconds):
-        out.append(("time/epoch_seconds", float(seconds)))
-        if samples_per_epoch is not None and seconds > 0:
-            out.append(("throughput/samples_per_s", samples_per_epoch / seconds))
-    if _is_number(record.get("wall_seconds")):
-        out.append(("time/wall_seconds", float(record["wall_seconds"])))
-    if _is_number(record.get("data_passes")):
-        out.append(("data_passes", float(record["data_passes"])))
+    seconds = record.epoch_seconds
+    out.append(("time/epoch_seconds", float(seconds)))
+    if samples_per_epoch is not None and seconds > 0:
+        out.append(("throughput/samples_per_s", samples_per_epoch / seconds))
+    out.append(("time/wall_seconds", float(record.wall_seconds)))
+    out.append(("data_passes", float(record.data_passes)))
     return out
 
 

@@ -2,11 +2,14 @@
 
 ``Trainer(method, cfg, device, order=..., step=..., callbacks=[...])`` runs, for every epoch, the
 :mod:`order <noprop.training.order>`'s steps through the :mod:`step function <noprop.training.steps>`
-and then validates and selects the model on validation accuracy. Everything else — checkpoints,
-offloading, parallel gathers, finiteness checks, test pause points — is a
-:mod:`callback <noprop.training.callbacks>`. The defaults are the sequential trainer: ``--order`` as
-configured (Algorithm 1 or interleaved) and :class:`~noprop.training.steps.LocalStep`. The parallel
-layouts build their own order, step and callbacks (:mod:`noprop.parallel`); the loop is the same.
+and then validates and selects the model on the task's validation metric (``Task.metric``:
+accuracy for images, bits per byte for text). Everything else — checkpoints, offloading, parallel
+gathers, finiteness checks, test pause points — is a :mod:`callback <noprop.training.callbacks>`.
+The defaults are the sequential trainer: ``--order`` as configured (Algorithm 1 or interleaved) and
+:class:`~noprop.training.steps.LocalStep`. The parallel layouts build their own order, step and
+callbacks (:mod:`noprop.parallel`); the loop is the same.
+Each step's mini-batch is asked of the training split's :mod:`data source <noprop.data.sources>` by
+index: in-memory tensors by default, or memory-mapped arrays, decoded image folders, augmented batches.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..data.sources import DataSource, Split, TensorSource, as_source, split_tensors
 from ..methods.base import Method
 from ..precision import autocast, float32
 from ..runtime import load_meter
@@ -28,6 +32,7 @@ from ..tasks import ClassificationTask, Task
 from .callbacks import Callback, Losses
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, RandomBlock, Step, derive_seed
+from .record import EpochRecord
 from .steps import LocalStep, Optimizers, Parts, StepFunction
 
 #: evaluator(trainer, x, y, deterministic=..., seed=..., validation=...) → {"accuracy", "accuracy_per_step"}
@@ -36,13 +41,33 @@ Evaluator = Callable[..., dict[str, Any]]
 
 @dataclass
 class TrainState:
-    """Counters saved in the checkpoint (everything else is derived from them)."""
+    """Counters saved in the checkpoint (everything else is derived from them).
+
+    Selection: ``best_val`` is the selected epoch's validation value of ``metric`` (None before the
+    first validation, or without a validation split), better when higher or lower as
+    ``higher_is_better`` says; ``best_scores`` are that epoch's validation scores (accuracy and the
+    task's others). A run keeps the metric it started with: checkpoints written before selection
+    followed the task lack the fields and were selected on accuracy (their ``best_val`` of -1.0
+    meant "none yet"), so they resume selecting on accuracy."""
 
     epoch: int = 0
     train_seconds: float = 0.0
     data_passes: float = 0.0
-    best_val: float = -1.0
+    best_val: float | None = None
     best_epoch: int = 0
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    best_scores: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.metric == "accuracy" and self.best_val is not None and self.best_val < 0:
+            self.best_val = None  # noprop 0.1's "no validation yet"
+
+    def improves(self, value: float) -> bool:
+        """Whether ``value`` of :attr:`metric` beats the selected epoch's (ties keep the earlier)."""
+        if self.best_val is None:
+            return True
+        return value > self.best_val if self.higher_is_better else value < self.best_val
 
 
 def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved | RandomBlock:
@@ -52,7 +77,7 @@ def default_order(method: Method, cfg: TrainConfig) -> Algorithm1 | Interleaved 
 
 
 class Trainer:
-    """Trains a :class:`Method` on in-memory tensors (module docstring).
+    """Trains a :class:`Method` on in-memory tensors or a data source (module docstring).
 
     Args:
         method: the method to train (moved to ``device``).
@@ -88,7 +113,9 @@ class Trainer:
         self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt, self.cfg.precision)
         self.callbacks = list(callbacks)
         self.evaluator = evaluator or Trainer.local_evaluate
-        self.state = TrainState()
+        self.state = TrainState(
+            metric=self.task.metric, higher_is_better=self.task.higher_is_better
+        )
         self.best_model: dict[str, Tensor] | None = None
 
     @property
@@ -105,11 +132,13 @@ class Trainer:
         step = Step((unit,), torch.arange(x.shape[0]))
         return dict(self.step_fn(x, y, step, self.state.epoch))[unit]
 
-    def train_epoch(self, x: Tensor, y: Tensor, epoch: int) -> Losses:
-        """One epoch (``epoch`` is 0-based); the mean of each loss part per unit (None for a unit
+    def train_epoch(self, x: Tensor | DataSource, y: Tensor | None, epoch: int) -> Losses:
+        """One epoch (``epoch`` is 0-based) on tensors ``(x, y)`` on the device, or on a source ``x``
+        placed by :meth:`fit` (``y`` None); the mean of each loss part per unit (None for a unit
         this trainer did not train)."""
         self.method.train()
-        num_units, n = self.method.num_units, x.shape[0]
+        data = x if isinstance(x, DataSource) else TensorSource(x, y)  # type: ignore[arg-type]
+        num_units, n = self.method.num_units, len(data)
         sums: list[dict[str, Tensor]] = [{} for _ in range(num_units)]
         counts = [0] * num_units
         bar = tqdm(
@@ -122,8 +151,8 @@ class Trainer:
         for i, step in enumerate(self.order(n, epoch)):
             for cb in self.callbacks:
                 cb.on_step(self, step)
-            idx = step.idx.to(self.device)
-            for unit, parts in self.step_fn(x[idx], y[idx], step, epoch):
+            xb, yb = data.batch(step.idx, epoch)  # tensors: x[idx] on the device, as always
+            for unit, parts in self.step_fn(xb, yb, step, epoch):
                 for k, v in parts.items():
                     sums[unit][k] = sums[unit][k] + v if k in sums[unit] else v
                 counts[unit] += 1
@@ -189,40 +218,47 @@ class Trainer:
     # ------------------------------------------------------------------- fit
     def fit(
         self,
-        train: tuple[Tensor, Tensor],
-        val: tuple[Tensor, Tensor],
+        train: Split,
+        val: Split,
         on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
         *,
-        test: tuple[Tensor, Tensor] | None = None,
+        test: Split | None = None,
     ) -> None:
         """Train from ``state.epoch`` to ``cfg.epochs`` with validation-based model selection.
 
-        ``on_epoch(trainer, record)``, if given, runs after every epoch's callbacks (noprop 0.1's
-        hook; a :class:`~noprop.training.callbacks.Callback` is the general form). ``test``, if
-        given, is evaluated after every epoch with the default inference and the final test's
-        seed (``record["test_accuracy"]``, for accuracy-vs-time curves); it never selects a model."""
+        Each split is tensors ``(x, y)`` or a :class:`~noprop.data.sources.DataSource` (the training
+        batches are asked of it by index; validation and test are read whole).
+
+        Selection and ``--patience`` use ``state.metric`` (the task's metric; :class:`TrainState`).
+        Callbacks get every epoch's :class:`~noprop.training.record.EpochRecord`;
+        ``on_epoch(trainer, record)``, if given, runs after them with the record as a
+        ``metrics.jsonl`` dict (noprop 0.1's hook). ``test``, if given, is evaluated after every
+        epoch with the default inference and the final test's seed (``record.test_accuracy``, for
+        accuracy-vs-time curves); it never selects a model."""
         if on_epoch is not None:
             self.callbacks.append(_OnEpoch(on_epoch))
             try:
                 return self.fit(train, val, test=test)
             finally:
                 self.callbacks.pop()
-        x, y = (self.to_device(t) for t in train)
-        xv, yv = (self.to_device(t) for t in val)
+        source = as_source(train).placed(self.to_device)  # tensors: moved to the device once
+        xv, yv = (self.to_device(t) for t in split_tensors(val))
         # as the final test feeds it (runs/train.py final_summary), so the curve's point at the
         # selected epoch is the final test's number
-        xt, yt = (t.to(self.device) for t in test) if test is not None else (None, None)
+        xt, yt = (
+            (t.to(self.device) for t in split_tensors(test)) if test is not None else (None, None)
+        )
         cfg = self.cfg
         # --lr-schedule: every unit sees each mini-batch once per epoch; the shared optimiser steps
         # once per step of the order
-        batches = -(-x.shape[0] // cfg.batch_size)
-        self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(x.shape[0]))
+        batches = -(-len(source) // cfg.batch_size)
+        self.opt.set_horizon(cfg.epochs * batches, cfg.epochs * self.order.num_steps(len(source)))
         # every order but --order random passes over the data once per unit
         passes_per_epoch = getattr(self.order, "passes_per_epoch", float(self.method.num_units))
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             start, load = time.perf_counter(), load_meter()
-            losses = self.train_epoch(x, y, epoch)
+            losses = self.train_epoch(source, None, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
@@ -230,33 +266,34 @@ class Trainer:
             self.state.epoch += 1
             self.state.train_seconds += seconds
             self.state.data_passes += passes_per_epoch
-            record: dict[str, Any] = {
-                "epoch": self.state.epoch,
-                "block_loss": losses.get("loss", []),
-                **{f"block_{k}": v for k, v in losses.items() if k != "loss"},
-                "epoch_seconds": round(seconds, 3),
-                "wall_seconds": round(self.state.train_seconds, 3),
-                "data_passes": self.state.data_passes,
-            }
-            skipped = self.step_fn.take_skipped()
-            if skipped is not None:  # --precision 16-mixed: overflowing steps skipped per block
-                record["skipped_steps"] = skipped
-            if other_busy is not None:  # block-parallel: the other ranks count as "other"
-                record["other_busy_cores"] = round(other_busy, 3)
+            record = EpochRecord(
+                epoch=self.state.epoch,
+                block_loss=losses.get("loss", []),
+                loss_parts={k: v for k, v in losses.items() if k != "loss"},
+                epoch_seconds=round(seconds, 3),
+                wall_seconds=round(self.state.train_seconds, 3),
+                data_passes=self.state.data_passes,
+                # --precision 16-mixed: overflowing steps skipped per block (None otherwise)
+                skipped_steps=self.step_fn.take_skipped(),
+                # block-parallel: the other ranks count as "other"
+                other_busy_cores=None if other_busy is None else round(other_busy, 3),
+            )
             if xv.shape[0] > 0:
                 ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
-                record["val_accuracy"] = ev["accuracy"]
-                record["val_accuracy_per_step"] = ev["accuracy_per_step"]
-                for k in ev.keys() - {"accuracy", "accuracy_per_step"}:  # e.g. bits per byte
-                    record[f"val_{k}"] = ev[k]
-                improved = ev["accuracy"] > self.state.best_val
+                record.val_accuracy = ev["accuracy"]
+                record.val_accuracy_per_step = ev["accuracy_per_step"]
+                record.val_scores = {  # e.g. bits per byte
+                    k: v for k, v in ev.items() if k not in ("accuracy", "accuracy_per_step")
+                }
+                improved = self.state.improves(self._selection_value(record))
             else:
                 improved = True  # no validation split: the last epoch is the selected model
             if xt is not None and yt is not None:  # after selection's inputs: reporting only
                 ev = self.evaluate(xt, yt, seed=cfg.seed, validation=False)
-                record["test_accuracy"] = ev["accuracy"]
+                record.test_accuracy = ev["accuracy"]
             if improved:
-                self.state.best_val = record.get("val_accuracy", -1.0)
+                self.state.best_val = record.val(self.state.metric)
+                self.state.best_scores = _scores(record)
                 self.state.best_epoch = self.state.epoch
                 self.best_model = {
                     k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()
@@ -270,6 +307,15 @@ class Trainer:
                 break
         for cb in self.callbacks:
             cb.on_fit_end(self)
+
+    def _selection_value(self, record: EpochRecord) -> float:
+        value = record.val(self.state.metric)
+        if value is None:
+            raise KeyError(
+                f"the evaluator returned no {self.state.metric!r}, the validation metric this "
+                f"run selects its model on"
+            )
+        return value
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
@@ -292,8 +338,14 @@ class _OnEpoch(Callback):
     def __init__(self, fn: Callable[[Trainer, dict[str, Any]], None]) -> None:
         self.fn = fn
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.fn(trainer, record)
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        self.fn(trainer, record.to_dict())  # noprop 0.1's hook took the metrics.jsonl dict
+
+
+def _scores(record: EpochRecord) -> dict[str, float]:
+    """The epoch's overall validation scores (accuracy and the task's others, no per-step lists)."""
+    scores = {"accuracy": record.val_accuracy, **record.val_scores}
+    return {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
 
 
 def _mean(total: Tensor | None, count: int) -> float | None:
