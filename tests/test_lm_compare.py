@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from noprop.bench import lm_compare
+from noprop.bench import lm as lm_compare
 from noprop.cli import main
 
 from .test_language import _write_corpus
