@@ -19,7 +19,7 @@ runs and their evaluations, and resumes unfinished runs):
    *non-embedding* parameters are within 5% and its training FLOPs per token (counted with
    ``torch.utils.flop_counter``) within 10% of the back-prop transformer's; where no width meets
    both, the report says so.
-3. **Budget** (:mod:`.run`). A short timed calibration (a few optimiser steps of each) gives each run's
+3. **Budget** (:mod:`.compare`). A short timed calibration (a few optimiser steps of each) gives each run's
    FLOP/s; the common FLOP budget F is set so that the n trainings take n × ``--minutes`` in all
    (F = n·M·60 / Σ 1/r_i), i.e. about M minutes each. F becomes a number of training windows per run
    (epochs × a seeded random subset of windows, ``--max-train-samples``).
@@ -46,7 +46,7 @@ from ...precision import PRECISIONS
 from .matching import FLOP_TOLERANCE, PARAM_TOLERANCE, count_parameters, step_flops
 from .registry import DEFAULT_MODELS, ENTRIES
 from .report import order, render_markdown, specs
-from .run import NANOGPT_ANCHOR, run, train_child
+from .compare import NANOGPT_ANCHOR, run, train_child
 
 HELP_TEXT = (
     "NoProp-style LMs vs a back-prop transformer at equal parameters and FLOPs (issue 11, 22)"

@@ -26,13 +26,13 @@ def plot_depth(report: dict[str, Any], path: Path) -> Path:
     colors = plots._colors(len(sweep["methods"]) + len(sweep["others"]))
     for (_, by_k), color in zip(sweep["methods"].items(), colors, strict=False):
         label = sp[next(iter(by_k.values()))].entry.short
-        for key, style, suffix in (("bits_per_byte_calibrated", "o-", ""),
-                                   ("bits_per_byte", "o--", " (raw)")):  # fmt: skip
+        for key, style, suffix in (("bits_per_byte_calibrated", "o-", False),
+                                   ("bits_per_byte", "o--", True)):  # fmt: skip
             pts = [(k, runs[n]["test"][key]) for k, n in sorted(by_k.items())
                    if (runs[n].get("test") or {}).get(key) is not None]  # fmt: skip
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, color=color, label=label + suffix,
-                        alpha=1.0 if not suffix else 0.5)  # fmt: skip
+                ax.plot(*zip(*pts, strict=True), style, color=color,
+                        label="_nolegend_" if suffix else label, alpha=0.5 if suffix else 1.0)  # fmt: skip
     for name, color in zip(sweep["others"], colors[len(sweep["methods"]) :], strict=True):
         test = runs[name].get("test") or {}
         value = test.get("bits_per_byte_calibrated", test.get("bits_per_byte"))

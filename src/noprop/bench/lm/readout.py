@@ -34,14 +34,20 @@ SUPPORTED = (TransformerBackprop, NoPropDT)
 
 
 class ReadoutUnsupported(ConfigError):
-    """lm compare cannot evaluate this method yet (its run is trained and planned all the same)."""
+    """lm compare cannot evaluate this method yet (its run is trained and planned all the same);
+    ``reason`` is the message without the run's name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"lm compare cannot evaluate run {name!r} yet: {reason}")
+        self.reason = reason
 
 
 def check(method: Method, name: str) -> None:
     if not isinstance(method, SUPPORTED):
         raise ReadoutUnsupported(
-            f"lm compare cannot evaluate run {name!r} (--method {method.name}) yet: its read-outs "
-            "(noprop.runs.language) cover --method backprop and dt only"
+            name,
+            f"the read-outs of noprop.runs.language cover --method backprop and dt, not "
+            f"{method.name}",
         )
 
 

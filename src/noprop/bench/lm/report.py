@@ -128,13 +128,14 @@ def results(r: dict[str, Any]) -> str:
     out = fill("results", table=table)
     if missing:
         sp, runs = specs(r), r["runs"]
-        reasons = "; ".join(runs[n].get("not_evaluated", "") for n in missing)
+        reasons = "; ".join(dict.fromkeys(runs[n].get("not_evaluated", "") for n in missing))
+        names = ", ".join(sp[n].short for n in missing)
         scores = "; ".join(
             f"{sp[n].short} {_f(runs[n]['trainer_test'].get('bits_per_byte'))} bits per byte, "
             f"accuracy {_f(runs[n]['trainer_test'].get('accuracy'))}"
             for n in missing
         )
-        out += "\n\n" + fill("not_evaluated", reasons=reasons, scores=scores)
+        out += "\n\n" + fill("not_evaluated", names=names, reasons=reasons, scores=scores)
     return out
 
 

@@ -255,6 +255,7 @@ def evaluate_run(ns, out: Path, spec: RunSpec, progress: bool) -> dict[str, Any]
     cached = read_json(cache_path)
     if cached is not None and cached.get("key") == key:
         return cached["result"]
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     summary = rundir.summary()
     assert summary is not None
     n = ns.eval_windows or None  # None: every window
@@ -287,7 +288,7 @@ def evaluate_run(ns, out: Path, spec: RunSpec, progress: bool) -> dict[str, Any]
         print(f"[lm compare] {e}", file=sys.stderr)
         result["run"] |= {
             "test": None,
-            "not_evaluated": str(e),
+            "not_evaluated": e.reason,
             # what the training run itself measured on the test split (its own read-out)
             "trainer_test": {"accuracy": summary.test_accuracy, **summary.test_scores},
         }
@@ -303,7 +304,6 @@ def evaluate_run(ns, out: Path, spec: RunSpec, progress: bool) -> dict[str, Any]
             method, prompt, ns.sample_bytes, context=cfg.data.context, seed=ns.seed,
             precision=precision, device=dev,
         )  # fmt: skip
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cache_path, {"key": key, "result": result})
     return result
 
