@@ -43,10 +43,10 @@ from pathlib import Path
 
 from ...data.text import TEXT_DATASETS
 from ...precision import PRECISIONS
+from .compare import NANOGPT_ANCHOR, run, train_child
 from .matching import FLOP_TOLERANCE, PARAM_TOLERANCE, count_parameters, step_flops
 from .registry import DEFAULT_MODELS, ENTRIES
 from .report import order, render_markdown, specs
-from .compare import NANOGPT_ANCHOR, run, train_child
 
 HELP_TEXT = (
     "NoProp-style LMs vs a back-prop transformer at equal parameters and FLOPs (issue 11, 22)"
