@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import plots
-from .bench import efficiency, lm_compare, parallel, reproduce
+from .bench import efficiency, parallel, reproduce
+from .bench import lm as lm_compare
 from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError

@@ -543,6 +543,8 @@ def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
     ]
     for ax, (key, title) in zip(axes, panels, strict=True):
         for name, label, color, marker in series:
+            if name not in report["trajectory"]:  # a comparison without that model
+                continue
             rows = report["trajectory"][name]
             depth = [r["depth"] for r in rows]
             ax.plot(depth, [r[key] for r in rows], marker=marker, color=color, label=label)
