@@ -65,6 +65,15 @@ def test_the_report_is_written_and_consistent(compared):
         # one read-out per depth: the embedding / z_0 plus one per layer / block
         assert len(r["trajectory"][name]) == 2 + 1
         assert isinstance(r["samples"][name], str)
+        assert math.isfinite(run["test"]["fair"]["bits_per_byte"])  # the fair read-out
+    # the tuned lens of the back-prop model: one row per state; at the last layer the model itself
+    lens = r["runs"]["backprop"]["test"]["tuned_lens"]
+    assert [t["depth"] for t in lens] == [0, 1, 2]
+    assert lens[-1]["tuned_lens_bits_per_byte"] == pytest.approx(
+        lens[-1]["logit_lens_bits_per_byte"]
+    )
+    md = (out / "report.md").read_text()
+    assert "## Logit lens and tuned lens (back-prop)" in md and "fair read-out" in md
     # the equal budget: both models' planned FLOPs are the budget within one step of windows
     for name in lm_compare.NAMES:
         assert plan["runs"][name]["planned_flops"] == pytest.approx(plan["budget_flops"], rel=0.2)
@@ -315,9 +324,9 @@ def test_the_report_template_renders_a_fake_result(tmp_path):
 
 
 # ------------------------------------------------------------------------ the other models
-def test_models_the_readouts_do_not_cover_train_and_are_reported(tmp_path, corpus):
-    """CT and DiffusionBlocks at 1 and 2 layers per block: trained, planned, matched and reported,
-    marked not evaluated (the read-outs of noprop.runs.language cover back-prop and DT)."""
+def test_every_text_method_is_trained_matched_and_read_fairly(tmp_path, corpus):
+    """CT and DiffusionBlocks at 1 and 2 layers per block: trained, planned, matched, and read with
+    the fair read-out (chosen on validation: read-out and S; every per-block read-out on test)."""
     out = tmp_path / "cmp"
     argv = ["lm", "compare", "--dataset", "text", "--data-dir", str(corpus), "--out", str(out),
             "--models", "ct,diffusionblocks", "--layers-per-block", "1,2",
@@ -329,11 +338,15 @@ def test_models_the_readouts_do_not_cover_train_and_are_reported(tmp_path, corpu
     for name in names:
         assert (out / name / "summary.json").is_file()
         run, planned = r["runs"][name], r["plan"]["runs"][name]
-        assert run["test"] is None and "backprop and dt" in run["not_evaluated"]
+        fair = run["test"]["fair"]
+        assert fair["bits_per_byte"] > 0 and fair["readout"] in {
+            x["readout"] for x in fair["readouts"]
+        }
+        assert fair["chains"] in (1, 2, 4) and fair["temperature"] > 0
         assert run["train_flops"] == pytest.approx(run["train_tokens"] * planned["flops_per_token"])
         assert set(planned["matching"]) >= {"non_embedding_ratio", "flops_per_token_ratio"}
     assert r["plan"]["runs"]["diffusionblocks-k2"]["config"]["block_layers"] == 2
     assert r["plan"]["runs"]["ct"]["config"]["t_samples"] == 1
     md = (out / "report.md").read_text()
-    assert "DiffusionBlocks, 2 layers per block (not evaluated yet)" in md
-    assert (out / "depth.png").is_file() and not (out / "trajectory.png").exists()
+    assert "fair read-out" in md and "## Every read-out along the chains" in md
+    assert (out / "depth.png").is_file()

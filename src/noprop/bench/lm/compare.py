@@ -290,6 +290,7 @@ def evaluate_run(ns, out: Path, spec: RunSpec, progress: bool) -> dict[str, Any]
         test, trajectory = readout.evaluate(
             method, spec.name, (xv, yv), (x, y), chains=ns.chains, seed=ns.seed,
             progress=progress, precision=precision, device=dev,
+            train_x=data.train[0].to(dev),
         )  # fmt: skip
     except readout.ReadoutUnsupported as e:
         print(f"[lm compare] {e}", file=sys.stderr)

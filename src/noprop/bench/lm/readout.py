@@ -11,9 +11,14 @@ planning, training or report code. What it calls today:
   unembedding ``method.lm.unembedding``; NoProp-DT: ``method.embedding.weight``),
 * :func:`~noprop.runs.language.generate` for the samples,
 
-plus the DT schedule's ᾱ_t (``method.schedule.alpha_bar``) for the trajectory rows. Those functions
-read the back-prop transformer and NoProp-DT only; for any other method :func:`check` raises
-:class:`ReadoutUnsupported`, and the comparison records the run as trained but not evaluated.
+plus the DT schedule's ᾱ_t (``method.schedule.alpha_bar``) for the trajectory rows, and the fair
+read-out protocol of :mod:`noprop.runs.readouts` (issue 22): :func:`~noprop.runs.readouts.choose_readout`
+picks, on the validation windows only, the read-out (a block's own softmax p_t, head(z_t), …) and
+the number S of stochastic chains (powers of two up to ``--chains``) with the fewest bits per byte
+and fits its temperature; :func:`~noprop.runs.readouts.score_readout` scores that choice on test,
+with every per-block read-out, chains started at pure noise. For the back-prop transformer the
+tuned lens (:mod:`noprop.runs.tuned_lens`) is fitted on training windows and reported on test next
+to the logit lens. Every text method is read (back-prop, DT, CT, FM, DiffusionBlocks).
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...methods import Method, NoPropDT
+from ...methods import DiffusionBlocks, Method, NoPropCT, NoPropDT, NoPropFM
 from ...methods.transformer import TransformerBackprop
 from ...precision import autocast
 from ...runs.language import fit_temperatures, generate, mean_pairwise_cosine, test_scores
+from ...runs.readouts import choose_readout, score_readout
+from ...runs.tuned_lens import fit_tuned_lens, lens_scores
 
-#: the methods the read-outs of :mod:`noprop.runs.language` support today
-SUPPORTED = (TransformerBackprop, NoPropDT)
+#: the methods the read-outs of :mod:`noprop.runs.language` support
+SUPPORTED = (TransformerBackprop, NoPropDT, NoPropCT, NoPropFM, DiffusionBlocks)
+#: training windows the tuned lens is fitted on (a random subset, seeded)
+LENS_WINDOWS = 512
 
 
 class ReadoutUnsupported(ConfigError):
@@ -46,8 +55,8 @@ def check(method: Method, name: str) -> None:
     if not isinstance(method, SUPPORTED):
         raise ReadoutUnsupported(
             name,
-            f"the read-outs of noprop.runs.language cover --method backprop and dt, not "
-            f"{method.name}",
+            f"the read-outs of noprop.runs.language cover --method backprop, dt, ct, fm and "
+            f"diffusionblocks, not {method.name}",
         )
 
 
@@ -62,14 +71,27 @@ def evaluate(
     progress: bool,
     precision: str,
     device: torch.device,
+    train_x: Tensor | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Test scores (raw, and calibrated by temperatures fitted on ``val`` only) and the trajectory
-    in output space: one row per depth (the input state, then every layer or block)."""
+    in output space: one row per depth (the input state, then every layer or block).
+
+    ``scores["fair"]``: the fair read-out chosen on ``val`` and scored on ``test`` (module docstring);
+    ``scores["tuned_lens"]``: back-prop only, with ``train_x`` given, the per-layer tuned and logit lens
+    on ``test`` (fitted on ``train_x``)."""
     check(method, name)
     kw = {"chains": chains, "seed": seed, "progress": progress}
+    sizes = [2**i for i in range(chains.bit_length()) if 2**i <= chains] or [1]
     with autocast(precision, device):
         temps = fit_temperatures(method, *val, **kw)  # validation only
         scores = test_scores(method, *test, temperatures=temps, with_trajectory=True, **kw)
+        choice = choose_readout(method, *val, chains=sizes, seed=seed, progress=progress)
+        scores["fair"] = score_readout(method, *test, choice, seed=seed, progress=progress)
+        if isinstance(method, TransformerBackprop) and train_x is not None:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(train_x.shape[0], generator=g)[:LENS_WINDOWS]
+            lens = fit_tuned_lens(method, train_x[pick.to(train_x.device)], seed=seed)
+            scores["tuned_lens"] = lens_scores(method, lens, *test)
     trajectory = scores.pop("trajectory")  # same pass: one deterministic chain
     if isinstance(method, NoPropDT):
         for row, a in zip(trajectory, method.schedule.alpha_bar.tolist(), strict=True):

@@ -89,9 +89,16 @@ def depth_sweep(r: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _bits(test: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(raw, calibrated) bits per byte of the reported read-out: the fair one chosen on validation
+    when the report has it (issue 22), else the legacy read-out (reports written before it)."""
     if not test:
         return None, None
-    return test["bits_per_byte"], test.get("bits_per_byte_calibrated")
+    t = test.get("fair", test)
+    return t["bits_per_byte"], t.get("bits_per_byte_calibrated")
+
+
+def _readout_label(f: dict[str, Any]) -> str:
+    return f"{f['readout']}, S = {f['chains']}"
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -109,6 +116,16 @@ def results(r: dict[str, Any]) -> str:
         if test is None:
             rows.append([f"{s.short} (not evaluated yet)", "–", "–", "–"])
             missing.append(name)
+        if test is not None and "fair" in test:  # the reported read-out, chosen on validation
+            f = test["fair"]
+            rows.append(_score_row(f"**{s.short}, fair read-out ({_readout_label(f)})**", f))
+            if f["readout"] != f["paper_readout"]:
+                rows.append(_score_row(
+                    f"{s.short}, the paper's read-out ({f['paper_readout']}, S = {f['chains']})",
+                    {**f["paper"], "bits_per_byte_calibrated": None},
+                ))  # fmt: skip
+        if test is None:
+            pass
         elif "chains" in test:  # a chain: its inference modes, the mixture last
             rows += [
                 _score_row(f"{s.short}, deterministic chain", test["deterministic"]),
@@ -126,6 +143,8 @@ def results(r: dict[str, Any]) -> str:
             "anchor_row", layers=a["layers"], width=a["width"], bits=_f(a["bits_per_byte"], 2)
         )
     out = fill("results", table=table)
+    if any("fair" in (r["runs"][n].get("test") or {}) for n in specs(r)):
+        out += "\n\n" + fill("fair_readout")
     if missing:
         sp, runs = specs(r), r["runs"]
         reasons = "; ".join(dict.fromkeys(runs[n].get("not_evaluated", "") for n in missing))
@@ -240,6 +259,42 @@ def trajectory(r: dict[str, Any]) -> str:
         table = _table(header, body)
         tables.append(f"{sp[n].label}:\n\n{table}" if len(chains) > 1 and n in chains else table)
     return fill("trajectory", explanation=" ".join(explanation), tables="\n\n".join(tables))
+
+
+def readouts(r: dict[str, Any]) -> str | None:
+    """Every read-out along each chain on test (one stochastic chain, S = 1, and the deterministic
+    chain): the block's own softmax p_t next to head(z_t)."""
+    tables = []
+    for n, s in specs(r).items():
+        f = (r["runs"][n].get("test") or {}).get("fair")
+        if not f or s.entry.name == "backprop":
+            continue
+        det = {row["readout"]: row for row in f.get("deterministic", [])}
+        body = [
+            [row["readout"], _f(row["position"], 2), _f(row["bits_per_byte"]),
+             _f(row["accuracy"]), _f(det.get(row["readout"], {}).get("bits_per_byte")),
+             _f(det.get(row["readout"], {}).get("accuracy"))]
+            for row in f["readouts"] if row["chains"] == 1
+        ]  # fmt: skip
+        header = ["read-out", "position", "bits (1 chain)", "accuracy", "bits (deterministic)",
+                  "accuracy"]  # fmt: skip
+        tables.append(f"{s.label} (reported: {_readout_label(f)}):\n\n{_table(header, body)}")
+    if not tables:
+        return None
+    return fill("readouts", tables="\n\n".join(tables))
+
+
+def tuned_lens(r: dict[str, Any]) -> str | None:
+    lens = (r["runs"].get("backprop", {}).get("test") or {}).get("tuned_lens")
+    if not lens:
+        return None
+    body = [
+        [str(t["depth"]), _f(t["logit_lens_bits_per_byte"]), _f(t["logit_lens_accuracy"]),
+         _f(t["tuned_lens_bits_per_byte"]), _f(t["tuned_lens_accuracy"])]
+        for t in lens
+    ]  # fmt: skip
+    header = ["layer l", "logit lens bits", "accuracy", "tuned lens bits", "accuracy"]
+    return fill("tuned_lens", table=_table(header, body))
 
 
 def samples(r: dict[str, Any]) -> str:
@@ -442,6 +497,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         blocks.append(depth(r, sweep))
     if r["trajectory"]:
         blocks.append(trajectory(r))
+    blocks += [b for b in (readouts(r), tuned_lens(r)) if b is not None]
     blocks.append(samples(r))
     blocks.append(fill("discussion", items="\n".join(discussion(r))))
     return "\n\n".join(blocks) + "\n"
