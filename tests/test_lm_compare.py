@@ -350,3 +350,27 @@ def test_every_text_method_is_trained_matched_and_read_fairly(tmp_path, corpus):
     md = (out / "report.md").read_text()
     assert "fair read-out" in md and "## Every read-out along the chains" in md
     assert (out / "depth.png").is_file()
+
+
+def test_trajectory_figure_draws_the_fair_readouts_and_the_tuned_lens(tmp_path):
+    """The per-block read-outs (p_t on one stochastic chain) and the tuned lens are drawn when the
+    report has them (issue 22), and an older report without them still draws."""
+    from noprop.plots import _fair_series, plot_lm_trajectory
+
+    rows = [{"depth": d, "bits_per_byte": 5.0 - d / 2, "accuracy": 0.1 * d, "cosine": 0.1,
+             "cosine_centered": 0.1} for d in range(3)]  # fmt: skip
+    old = {"trajectory": {"backprop": rows, "noprop": rows}, "unigram_bits_per_byte": 4.8,
+           "dataset": "text"}  # fmt: skip
+    assert plot_lm_trajectory(old, tmp_path / "old.png").is_file()
+    fair = {"readouts": [
+        {"readout": r, "position": pos, "chains": 1, "bits_per_byte": 4.0, "accuracy": 0.3}
+        for r, pos in (("head_0", 0.0), ("p_1", 0.5), ("head_1", 0.5), ("p_2", 1.0))
+    ]}  # fmt: skip
+    lens = [{"depth": d, "tuned_lens_bits_per_byte": 4.0, "tuned_lens_accuracy": 0.2,
+             "logit_lens_bits_per_byte": 5.0, "logit_lens_accuracy": 0.1} for d in range(3)]  # fmt: skip
+    new = {**old, "plan": {"args": {"layers": 2}},
+           "runs": {"backprop": {"test": {"tuned_lens": lens}}, "noprop": {"test": {"fair": fair}}}}  # fmt: skip
+    series = _fair_series(new, 2)
+    assert [s[0].split(":")[0] for s in series] == ["back-prop", "NoProp-LM"]
+    assert [r["readout"] for r in series[1][3]] == ["p_1", "p_2"]  # p_t only, not head_t
+    assert plot_lm_trajectory(new, tmp_path / "new.png").is_file()

@@ -527,6 +527,28 @@ def cmd_plot(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _fair_series(report: dict[str, Any], layers: int) -> list[tuple[str, str, str, list]]:
+    """The per-block read-outs of the fair protocol (issue 22): back-prop's tuned lens per layer,
+    and for the one-layer-per-block chains each block's own softmax p_t on one stochastic chain from
+    pure noise (rows of ``test.fair.readouts`` with S = 1); absent in older reports."""
+    out: list[tuple[str, str, str, list]] = []
+    runs = report.get("runs", {})
+    lens = (runs.get("backprop", {}).get("test") or {}).get("tuned_lens")
+    if lens:
+        rows = [{"position": t["depth"] / layers, "bits_per_byte": t["tuned_lens_bits_per_byte"],
+                 "accuracy": t["tuned_lens_accuracy"]} for t in lens]  # fmt: skip
+        out.append(("back-prop: tuned lens of h_l", "tab:blue", "^", rows))
+    own = [("noprop", "NoProp-LM", "tab:red"), ("diffusionblocks", "DiffusionBlocks", "tab:green")]
+    for name, label, color in own:
+        fair = (runs.get(name, {}).get("test") or {}).get("fair")
+        if not fair:
+            continue
+        rows = [r for r in fair["readouts"] if r["chains"] == 1 and r["readout"].startswith("p_")]
+        if rows:
+            out.append((f"{label}: block's own softmax p_t (1 stochastic chain)", color, "v", rows))
+    return out
+
+
 def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
     """``noprop lm compare``: bits per byte, accuracy and cosine to the true next byte's output vector
     vs depth — the back-prop transformer's logit lens per layer next to NoProp's read-out per block."""
@@ -541,6 +563,7 @@ def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
         ("accuracy", "top-1 accuracy"),
         ("cosine_centered", "cosine to the true byte's vector\n(centered; raw dashed)"),
     ]
+    layers = report.get("plan", {}).get("args", {}).get("layers")
     for ax, (key, title) in zip(axes, panels, strict=True):
         for name, label, color, marker in series:
             if name not in report["trajectory"]:  # a comparison without that model
@@ -550,6 +573,11 @@ def plot_lm_trajectory(report: dict[str, Any], path: Path) -> Path:
             ax.plot(depth, [r[key] for r in rows], marker=marker, color=color, label=label)
             if key == "cosine_centered":
                 ax.plot(depth, [r["cosine"] for r in rows], ls="--", color=color, alpha=0.6)
+        if key != "cosine_centered" and layers:
+            for label, color, marker, rows in _fair_series(report, layers):
+                x = [r["position"] * layers for r in rows]
+                ax.plot(x, [r[key] for r in rows], marker=marker, ls=":", color=color,
+                        label=label, alpha=0.85)  # fmt: skip
         if key == "bits_per_byte":
             ax.axhline(report["unigram_bits_per_byte"], color="grey", ls="--", label="unigram")
             ax.set_ylim(0, 8.5)
