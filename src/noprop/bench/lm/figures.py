@@ -14,10 +14,16 @@ def has_depth_sweep(report: dict[str, Any]) -> bool:
     return depth_sweep(report) is not None
 
 
+def _reported(run: dict[str, Any]) -> dict[str, Any]:
+    test = run.get("test") or {}
+    return test.get("fair", test)
+
+
 def plot_depth(report: dict[str, Any], path: Path) -> Path:
     """Test bits per byte vs layers per block k: one line per block-wise method (calibrated on
     validation solid, raw dashed), the one-network models (back-prop, CT, FM) as horizontal lines,
-    the unigram baseline grey. Runs not evaluated yet have no point."""
+    the unigram baseline grey. Runs not evaluated yet have no point. The reported (fair) read-out
+    where the report has it, else the legacy one (reports written before issue 22)."""
     sweep = depth_sweep(report)
     assert sweep is not None
     sp, runs = specs(report), report["runs"]
@@ -28,13 +34,13 @@ def plot_depth(report: dict[str, Any], path: Path) -> Path:
         label = sp[next(iter(by_k.values()))].entry.short
         for key, style, suffix in (("bits_per_byte_calibrated", "o-", False),
                                    ("bits_per_byte", "o--", True)):  # fmt: skip
-            pts = [(k, runs[n]["test"][key]) for k, n in sorted(by_k.items())
-                   if (runs[n].get("test") or {}).get(key) is not None]  # fmt: skip
+            pts = [(k, _reported(runs[n])[key]) for k, n in sorted(by_k.items())
+                   if _reported(runs[n]).get(key) is not None]  # fmt: skip
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, color=color,
                         label="_nolegend_" if suffix else label, alpha=0.5 if suffix else 1.0)  # fmt: skip
     for name, color in zip(sweep["others"], colors[len(sweep["methods"]) :], strict=True):
-        test = runs[name].get("test") or {}
+        test = _reported(runs[name])
         value = test.get("bits_per_byte_calibrated", test.get("bits_per_byte"))
         if value is not None:
             black = sp[name].entry.name == "backprop"
