@@ -45,7 +45,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..methods import DiffusionBlocks, Method, NoPropDT
@@ -56,6 +55,7 @@ from .readouts import (
     CHAIN_CHOICES,
     TEMPERATURES,
     ReadoutChoice,
+    _batches,
     chain_readouts,
     chain_states,
     check_text_method,
@@ -144,16 +144,6 @@ def mean_pairwise_cosine(vectors: Tensor) -> float:
     g = v @ v.T
     m = v.shape[0]
     return float((g.sum() - g.diagonal().sum()) / (m * (m - 1)))
-
-
-def _batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
-    bar = tqdm(total=x.shape[0], desc=desc, unit="window", leave=False, mininterval=1.0,
-               disable=None if progress else True)  # fmt: skip
-    for start in range(0, x.shape[0], batch):
-        xb, yb = x[start : start + batch], y[start : start + batch]
-        yield xb, yb
-        bar.update(xb.shape[0])
-    bar.close()
 
 
 def _readouts(
