@@ -91,6 +91,26 @@ def test_the_report_is_written_and_consistent(compared):
     assert "$" not in md.split("## Samples")[0]  # every placeholder filled (samples may hold "$")
 
 
+def test_the_printed_line_reports_the_readout_chosen_on_validation(compared):
+    """``lm compare``'s last line: each run's fair read-out (name, S, raw and calibrated bits) and
+    the paper's read-out where it differs, not the first version's deterministic chain."""
+    from noprop.bench.lm import summary_line
+
+    _, out = compared
+    r = json.loads((out / "report.json").read_text())
+    line = summary_line(r)
+    fair = r["runs"]["noprop"]["test"]["fair"]
+    shown = fair["readout"] + (f"×{fair['chains']}" if fair["chains"] > 1 else "")
+    assert (
+        f"NoProp-LM {shown} {fair['bits_per_byte']:.3f} ({fair['bits_per_byte_calibrated']:.3f}"
+        in line
+    )
+    assert f"the paper's {fair['paper_readout']} {fair['paper']['bits_per_byte']:.3f}" in line
+    bp = r["runs"]["backprop"]["test"]["fair"]
+    assert f"back-prop transformer output {bp['bits_per_byte']:.3f}" in line
+    assert "deterministic" not in line
+
+
 def test_a_rerun_reuses_the_finished_runs(compared):
     argv, out = compared
     before = {n: (out / n / "checkpoint.pt").stat().st_mtime_ns for n in lm_compare.NAMES}

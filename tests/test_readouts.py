@@ -303,6 +303,41 @@ def test_ideal_blocks_score_the_true_distributions_bits_with_the_reported_read_o
         assert all(det[f"p_{t}"] == pytest.approx(true_bits, abs=1e-4) for t in range(1, 7))
 
 
+@pytest.mark.parametrize("name", ["ct", "fm", "fm-current-token", "diffusionblocks"])
+def test_ideal_networks_of_the_other_chains_score_the_truth(name, one_thread, monkeypatch):
+    """Acceptance point 5 for the other chain methods: a network whose logits are the true
+    log p(y | x) at every (z, t) — CT's û_θ, FM's z̃_1 (``--fm-predict clean``, the text default),
+    each DiffusionBlocks block — fed through its own chain from pure noise: the read-out chosen on
+    validation scores the true cross-entropy of the test windows within 0.02 bits."""
+    logp, sample = _markov()
+    xv, yv = sample(24, 1)
+    xt, yt = sample(24, 2)
+    true_bits = float(-logp[xt.long(), yt].mean() / LN2)
+    method, extra = {"fm-current-token": ("fm", {"fm_source": "current-token"})}.get(
+        name, (name, {})
+    )
+    if method != "diffusionblocks":
+        extra["inference_steps"] = 4
+    cfg = make_config(dataset="stdlib", method=method, width=16, heads=2, context=L_IDEAL,
+                      **({"T": 3} if method == "diffusionblocks" else {}), **extra)  # fmt: skip
+    m = build_method(cfg, LanguageTask("stdlib", L_IDEAL)).eval()
+
+    def truth(h, z):  # h is x itself (the encoders below pass the bytes through)
+        return logp[h.long()].float().expand(*z.shape[:-1], 256)
+
+    blocks = m.blocks if method == "diffusionblocks" else [m.block]
+    for b in blocks:
+        monkeypatch.setattr(b, "encode_x", lambda x: x)
+    if method == "diffusionblocks":
+        monkeypatch.setattr(m, "block_logits", lambda b, z, sigma, h_x=None, x=None: truth(h_x, z))
+    else:
+        monkeypatch.setattr(m, "block_fuse", lambda h, z, t: truth(h, z))
+    choice = choose_readout(m, xv, yv, chains=(1, 2), calibrate=False, seed=0)
+    r = score_readout(m, xt, yt, choice, seed=1)
+    assert choice.readout.startswith("p_")
+    assert r["bits_per_byte"] == pytest.approx(true_bits, abs=0.02)
+
+
 # ------------------------------------------------------------ 4. DT's two training options
 def _tiny_dt(**options):
     cfg = make_config(dataset="stdlib", method="dt", T=3, width=16, heads=2, context=L, **options)

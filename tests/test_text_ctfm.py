@@ -214,22 +214,27 @@ def _capture_path(method, monkeypatch, t_value: float) -> list[torch.Tensor]:
         h, u, t = sample(h, u)
         return h, u, torch.full_like(t, t_value)
 
-    field = method.v
+    field = method.block_fuse  # the network, whatever it predicts (--fm-predict)
 
     def spy(h, z, t):
         seen.append(z.detach().clone())
         return field(h, z, t)
 
     monkeypatch.setattr(method, "sample_times", fixed_t)
-    monkeypatch.setattr(method, "v", spy)
+    monkeypatch.setattr(method, "block_fuse", spy)
     return seen
 
 
 @pytest.mark.parametrize("embedding", ["one-hot", "learned"])
 def test_current_token_path_starts_at_the_current_bytes_embedding(embedding, monkeypatch):
     extra = {"embedding": "learned", "embed_dim": 8} if embedding == "learned" else {}
-    method, _, _ = _method(
-        "fm", fm_source="current-token", fm_source_sigma=0.0, t_samples=2, **extra
+    method, _, _ = _method(  # velocity: the loss's target is the field's own
+        "fm",
+        fm_source="current-token",
+        fm_source_sigma=0.0,
+        t_samples=2,
+        fm_predict="velocity",
+        **extra,
     )
     x, y = _bytes(3, L, seed=6), _bytes(3, L, seed=7).long()
     W = method.embedding.weight.detach()

@@ -83,6 +83,8 @@ class MethodConfig:
         if LEGACY_CORE <= set(d) and set(d) - own:
             d = _legacy(name, d, own)
         d = {k: v for k, v in d.items() if v is not None}  # None: the method's default
+        if name == "fm" and "fm_predict" not in d:  # runs from before --fm-predict predicted v_θ
+            d["fm_predict"] = "velocity"
         unknown = set(d) - own
         if unknown:
             raise ConfigError(

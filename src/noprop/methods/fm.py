@@ -15,6 +15,24 @@ z̃_1 ``z1_tilde`` = z_t + (1 − t) v_θ (Eq. 12), h_x the cached image feature
 * Read-out: the class whose embedding is nearest (Euclidean) to z (paper), returned as logits
   −‖z − u_k‖² so argmax is the prediction; reported on z_t at ≤ 11 evenly spaced grid points.
 
+``--fm-predict`` ([I]; ``auto``, the default: ``velocity`` on images, ``clean`` on text). The paper's
+network outputs v_θ = logits·W_Embed. On text that did not learn (issue 22: in a 3-minute
+``lm compare`` NoProp-FM scored 8.44 bits per byte against the unigram's 4.84, loss 215 → 187). The
+target u_y − z_0 is mostly −z_0, isotropic noise in all 256 dimensions, but the text block's output
+layer is Linear(width, 256): v_θ lies in a width-dimensional affine subspace (120 there), so the
+noise's other 136 dimensions, 136 of Eq. 11's 257 expected units at t = 0, are out of reach. ``clean`` makes the network predict the clean
+embedding instead, z̃_1 = softmax(logits)·W_Embed (CT's û_θ, spec §3.1), and v_θ = (z̃_1 − z_t)/(1 − t),
+Eq. 12 solved for v_θ, with 1 − t clamped at :data:`T_EPS` = 0.05 at inference (the x-prediction of
+Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise", which argues the same for
+high-dimensional data). The loss is Eq. 11 weighted by (1 − t)²: ‖z̃_1 − z_t − (1 − t)(u_y − z_0)‖²,
+which at σ = 0 is ‖z̃_1 − u_y‖², a Brier score at every t. A positive weight w(t) leaves each t's
+minimiser, v_θ = E[u_y − z_0 | z_t, x, t], unchanged; it moves only a finite network's effort between
+t's. Unweighted, Eq. 11 in this form weighs t near 1 up to 400× more than t = 0 (1/(1 − t)²), where
+the next byte is decided; in one exploratory 3-minute tiny-shakespeare run (a patch, not kept; issue
+22's note) it reached validation accuracy 0.169 against 0.240 weighted. The ODE, the read-outs and Eq. 13 (on z̃_1)
+are unchanged. With one-hot W_Embed the softmax *is* z̃_1, a Brier-trained p(y | x, z_t, t): the fair
+read-out ``p_k``. Euler's last step lands on z̃_1 exactly (z + (1/N)(z̃_1 − z)/(1/N)).
+
 Text (a label per position; the block is :class:`~noprop.models.transformer.ContinuousLanguageBlock`,
 causal context encoder once per window, label/time/fusion layers position-wise): t, z_0 and the path
 noise are drawn per position ([I], as CT: ContinuousTimeMethod.sample_times) and Eq. 11 is averaged
@@ -51,6 +69,10 @@ from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions, repea
 #: where the flow starts: the paper's Gaussian noise, or (text) the current byte's embedding
 FM_SOURCES = ("noise", "current-token")
 DEFAULT_SOURCE_SIGMA = 0.1
+#: what the network outputs: v_θ itself (the paper), the clean embedding z̃_1, or per task (auto)
+FM_PREDICTS = ("auto", "velocity", "clean")
+#: [I] ``--fm-predict clean``: v_θ = (z̃_1 − z_t) / max(1 − t, T_EPS), as Li & He (2025, "JiT")
+T_EPS = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +87,9 @@ class FMConfig(TimeSamplingOptions):
     fm_source_sigma: float = DEFAULT_SOURCE_SIGMA
     """fm --fm-source current-token: std σ_src of the Gaussian noise added to the current byte's
     embedding, z_0 = W_Embed[x_i] + σ_src ε"""
+    fm_predict: Literal[FM_PREDICTS] = "auto"  # type: ignore[valid-type]
+    """fm: what the network outputs: velocity (v_θ = logits·W_Embed, the paper), clean (z̃_1 =
+    softmax(logits)·W_Embed, v_θ = (z̃_1 − z_t)/(1 − t)), or auto (velocity on images, clean on text)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +97,19 @@ class FMConfig(TimeSamplingOptions):
         non_negative("fm_source_sigma", self.fm_source_sigma)
         if self.fm_source == "noise" and self.fm_source_sigma != DEFAULT_SOURCE_SIGMA:
             raise ConfigError("--fm-source-sigma applies to --fm-source current-token only")
+
+
+def resolve_predict(predict: str, task: str) -> str:
+    """``--fm-predict auto`` → clean on text, velocity (the paper's) elsewhere ([I], see module)."""
+    if predict == "auto":
+        return "clean" if task == "language" else "velocity"
+    return predict
+
+
+def _one_minus(t: Tensor, like: Tensor) -> Tensor:
+    """max(1 − t, T_EPS), shaped to broadcast against ``like`` (t: a scalar, or one per row)."""
+    one_minus = (1 - torch.as_tensor(t, device=like.device, dtype=like.dtype)).clamp_min(T_EPS)
+    return one_minus.unsqueeze(-1) if one_minus.dim() else one_minus
 
 
 def nearest_embedding_logits(z: Tensor, W: Tensor) -> Tensor:
@@ -106,6 +144,7 @@ class NoPropFM(ContinuousTimeMethod):
             sigma=options.fm_sigma,
             source=options.fm_source,
             source_sigma=options.fm_source_sigma,
+            predict=resolve_predict(options.fm_predict, ctx.task.name),
             inference_steps=options.inference_steps,
             solver=options.solver,
             t_samples=options.t_samples,
@@ -120,6 +159,7 @@ class NoPropFM(ContinuousTimeMethod):
         sigma: float = FMConfig.fm_sigma,
         source: str = FMConfig.fm_source,
         source_sigma: float = FMConfig.fm_source_sigma,
+        predict: str = "velocity",
         inference_steps: int = FMConfig.inference_steps,
         solver: str = FMConfig.solver,
         t_samples: int = FMConfig.t_samples,
@@ -135,6 +175,9 @@ class NoPropFM(ContinuousTimeMethod):
         self.sigma = sigma
         self.source = source
         self.source_sigma = source_sigma
+        if predict not in ("velocity", "clean"):
+            raise ConfigError(f"--fm-predict {predict!r}: expected velocity or clean")
+        self.predict = predict
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
@@ -145,8 +188,16 @@ class NoPropFM(ContinuousTimeMethod):
         return [] if self.embedding.learnable else list(self.head.parameters())
 
     def v(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
-        """v_θ(z_t, x, t) = logits·W_Embed from cached image features h_x (spec §3.1)."""
-        return self.embedding.mix(self.block_fuse(h_x, z_t, t))
+        """v_θ(z_t, x, t) from cached features h_x: logits·W_Embed (spec §3.1), or with
+        ``predict="clean"`` (z̃_1 − z_t) / max(1 − t, T_EPS), z̃_1 = softmax(logits)·W_Embed (Eq. 12
+        solved for v_θ)."""
+        if self.predict == "velocity":
+            return self.embedding.mix(self.block_fuse(h_x, z_t, t))
+        return (self.z1_hat(h_x, z_t, t) - z_t) / _one_minus(t, z_t)
+
+    def z1_hat(self, h_x: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        """``predict="clean"``: the network's clean embedding z̃_1 = softmax(logits)·W_Embed."""
+        return self.embedding.mix(self.block_fuse(h_x, z_t, t).softmax(-1))
 
     def loss(self, x: Tensor, y: Tensor, unit: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 11 (+ Eq. 13 with a learned W_Embed) on one mini-batch (Algorithm 3)."""
@@ -159,14 +210,19 @@ class NoPropFM(ContinuousTimeMethod):
         z_t = t * u_y + (1 - t) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * torch.randn_like(z_t)
-        # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11)
-        v = self.v(h_x, z_t, t.squeeze(-1))
-        fm = (v - (u_y - z_0)).pow(2).sum(-1).mean()
+        # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11); predicting z̃_1, the same term times
+        #    (1 − t)²: ‖z̃_1 − z_t − (1 − t)(z_1 − z_0)‖² (= ‖z̃_1 − z_1‖² at σ = 0; see the module)
+        if self.predict == "clean":
+            z1_tilde = self.z1_hat(h_x, z_t, t.squeeze(-1))
+            fm = (z1_tilde - z_t - (1 - t) * (u_y - z_0)).pow(2).sum(-1).mean()
+        else:
+            v = self.v(h_x, z_t, t.squeeze(-1))
+            fm = (v - (u_y - z_0)).pow(2).sum(-1).mean()
+            z1_tilde = z_t + (1 - t) * v  # the extrapolation of Eq. 12
         parts = {"fm": fm.detach()}
         total = fm
-        # 4. anchor CE on the extrapolated z̃_1 = z_t + (1 − t) v_θ when W_Embed is learned (Eqs. 12–13)
+        # 4. anchor CE on z̃_1 when W_Embed is learned (Eqs. 12–13)
         if self.embedding.learnable:
-            z1_tilde = z_t + (1 - t) * v
             ce = F.cross_entropy(
                 self.head(z1_tilde, self.embedding.weight).flatten(0, -2),
                 repeat_rows(y, self.t_samples).flatten(),

@@ -29,6 +29,8 @@ Read-outs (``name``; t a block, k an index of the solver's recorded grid points,
   posterior probability vector itself (a Brier-trained estimate). It is not constrained to the simplex,
   so it is read as p ∝ max(z̃_1, 0) + ε with ε = :data:`FM_FLOOR` (every byte keeps mass). With a
   learned W_Embed the head *is* trained, by Eq. 13 on z̃_1, so ``head_k`` = p̂_θout(y | z̃_1) instead.
+  With ``--fm-predict clean`` (the text default) z̃_1 = softmax(logits)·W_Embed, so one-hot ``p_k`` is
+  that softmax itself, no floor needed.
 
 Chains. A stochastic chain starts at **pure noise** (z_0 ~ N(0, I); DiffusionBlocks σ_max·ε; FM with
 ``--fm-source current-token`` its own source W_Embed[x_i] + σ_src·ε — the current byte is input, not
@@ -224,6 +226,10 @@ def _continuous(method: NoPropCT | NoPropFM, x: Tensor, C: int, deterministic: b
             yield f"head_{k}", float32(method.read_out(z)), z
             continue
         yield f"near_{k}", float32(method.read_out(z)), z
+        if method.predict == "clean" and not method.embedding.learnable:
+            # z̃_1 = softmax(logits)·W_Embed: with one-hot W_Embed the softmax is z̃_1 itself
+            yield f"p_{k}", float32(method.block_fuse(h_x, z, t)), z
+            continue
         z1 = z + (1 - t) * method.v(h_x, z, t)  # z̃_1 (Eq. 12) = E[u_y | z_t, x] at the optimum
         if method.embedding.learnable:
             yield f"head_{k}", float32(method.head(z1, W)), z

@@ -103,7 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def summary_line(r: dict) -> str:
-    """The one line ``main_lm`` prints: every run's test bits per byte, calibrated in brackets."""
+    """The one line ``main_lm`` prints: every run's test bits per byte with the read-out chosen on
+    validation (calibrated in brackets), and the paper's read-out where it differs; reports from
+    before the fair read-outs print their mixture and deterministic chain."""
     sp = specs(r)
     parts = [f"unigram {r['unigram_bits_per_byte']:.3f}"]
     for name in order(r):
@@ -111,6 +113,17 @@ def summary_line(r: dict) -> str:
         short = sp[name].short
         if test is None:
             parts.append(f"{short} not evaluated")
+            continue
+        fair = test.get("fair")
+        if fair is not None and "readout" in fair:
+            readout = fair["readout"] + (f"×{fair['chains']}" if fair["chains"] > 1 else "")
+            paper = ""
+            if fair["paper_readout"] != fair["readout"] or fair["chains"] > 1:
+                paper = (
+                    f"; the paper's {fair['paper_readout']} {fair['paper']['bits_per_byte']:.3f}"
+                )
+            parts.append(f"{short} {readout} {fair['bits_per_byte']:.3f} "
+                         f"({fair['bits_per_byte_calibrated']:.3f}{paper})")  # fmt: skip
             continue
         if "deterministic" in test:
             det = test["deterministic"]

@@ -47,7 +47,8 @@ from .report import render_markdown
 NANOGPT_ANCHOR = {"nats": 1.88, "bits_per_byte": 1.88 / math.log(2), "layers": 4, "width": 128}
 #: options added after lm compare's first version: left out of ``plan.args`` at their defaults, so
 #: a plan written before them is still reused
-NEW_ARGS = {"models": DEFAULT_MODELS, "layers_per_block": "1", "inference_steps": 20}
+NEW_ARGS = {"models": DEFAULT_MODELS, "layers_per_block": "1", "inference_steps": 20,
+            "precision": "32"}  # fmt: skip
 #: the planned config's fields recorded in ``plan.runs[name].config``
 PLANNED_FIELDS = ("method", "T", "width", "heads", "block_layers", "embedding", "context")
 PLANNED_EXTRA = ("t_samples", "inference_steps", "fm_source")
@@ -86,6 +87,12 @@ def args_dict(ns: argparse.Namespace) -> dict[str, Any]:
         for k, v in sorted(vars(ns).items())
         if k not in skip and not (k in NEW_ARGS and v == NEW_ARGS[k])
     }
+
+
+def same_args(recorded: dict[str, Any], ns: argparse.Namespace) -> bool:
+    """Whether a plan's recorded ``args`` are this invocation's; an option added after the plan was
+    written counts as given at its default (plans differ in which of them they record)."""
+    return {**NEW_ARGS, **recorded} == {**NEW_ARGS, **args_dict(ns)}
 
 
 def read_json(path: Path) -> Any:
@@ -333,7 +340,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     plan = read_json(plan_path)
     if (
         plan is None
-        or plan.get("args") != args_dict(ns)
+        or not same_args(plan.get("args", {}), ns)
         or set(plan["runs"]) != {s.name for s in specs}
     ):
         plan = make_plan(ns, specs, shared, task, data, device)
