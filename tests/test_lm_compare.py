@@ -164,6 +164,21 @@ def _ns(*argv: str):
     return build_parser().parse_args(["lm", "compare", "--out", "unused", *argv])
 
 
+@pytest.mark.parametrize("name", ["stdlib", "tiny-shakespeare", "depth-tiny-shakespeare"])
+def test_a_committed_plan_is_reused_by_its_own_command(name):
+    """A plan is reused while the arguments are the same; options added after it was written count
+    as given at their default (the first version's plans predate --models and --precision, the
+    depth sweep's records them), and a changed value makes a new plan."""
+    d = ROOT / "experiments" / "lm" / name
+    recorded = json.loads((d / "plan.json").read_text())["args"]
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in recorded.items() if v is not None]
+    ns = _ns(*argv)
+    assert compare.same_args(recorded, ns)
+    assert compare.same_args({k: v for k, v in recorded.items() if k != "precision"}, ns)
+    assert not compare.same_args(recorded, _ns(*argv, "--precision", "bf16-mixed"))
+    assert not compare.same_args(recorded, _ns(*argv, "--seed", "7"))
+
+
 def test_the_registry_has_one_entry_per_model():
     assert {"backprop", "dt", "ct", "fm", "diffusionblocks"} <= set(registry.ENTRIES)
     ns = _ns(*TINY)

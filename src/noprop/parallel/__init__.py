@@ -18,7 +18,7 @@ from ..methods.base import Method
 from ..tasks import Task
 from ..training.callbacks import Callback
 from ..training.offload import BlockOffloader
-from ..training.trainer import Trainer
+from ..training.trainer import Evaluator, Trainer
 from .blocks import block_parallel_trainer
 from .distributed import DistContext, DistributedError, parallel_context
 from .fused import fused_trainer
@@ -34,10 +34,12 @@ def build_trainer(
     task: Task | None = None,
     progress: bool = True,
     callbacks: list[Callback] | None = None,
+    evaluator: Evaluator | None = None,
 ) -> Trainer:
-    """The trainer for ``cfg.train.parallel`` on this rank (``ctx`` None: one process)."""
+    """The trainer for ``cfg.train.parallel`` on this rank (``ctx`` None: one process); ``evaluator``
+    the local validation evaluator (default :meth:`Trainer.local_evaluate`; block-parallel: rank 0's)."""
     callbacks = list(callbacks or [])
-    kw = {"task": task, "progress": progress, "callbacks": callbacks}
+    kw = {"task": task, "progress": progress, "callbacks": callbacks, "evaluator": evaluator}
     if ctx is not None:
         trainer = block_parallel_trainer(method, cfg.train, device, ctx, **kw)  # type: ignore[arg-type]
     elif cfg.train.parallel == "fused":

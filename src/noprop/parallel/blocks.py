@@ -43,7 +43,7 @@ from ..training.callbacks import Callback, Losses
 from ..training.config import TrainConfig
 from ..training.order import Step, derive_seed, seeded_batches
 from ..training.steps import Optimizers, Parts, StepFunction
-from ..training.trainer import Trainer
+from ..training.trainer import Evaluator, Trainer
 from .ddp import GradSync, replica_seed, shard
 from .distributed import DistContext, collective
 
@@ -258,12 +258,14 @@ class GatherToMain(Callback):
         return merged
 
 
-def main_evaluates(ctx: DistContext):
-    """An evaluator: rank 0 (which holds every block after the epoch's gather) evaluates and
-    broadcasts the result, so model selection and early stopping decide identically everywhere."""
+def main_evaluates(ctx: DistContext, local: Evaluator | None = None):
+    """An evaluator: rank 0 (which holds every block after the epoch's gather) evaluates with
+    ``local`` (default :meth:`Trainer.local_evaluate`) and broadcasts the result, so model selection
+    and early stopping decide identically everywhere."""
+    local = local or Trainer.local_evaluate
 
     def evaluator(trainer: Trainer, x: Tensor, y: Tensor, **kw: Any) -> dict[str, Any]:
-        result = Trainer.local_evaluate(trainer, x, y, **kw) if ctx.is_main else None
+        result = local(trainer, x, y, **kw) if ctx.is_main else None
         box = [result]
         with collective(ctx, "broadcasting the validation result"):
             dist.broadcast_object_list(box, src=0)
@@ -281,8 +283,10 @@ def block_parallel_trainer(
     task: Task | None = None,
     progress: bool = True,
     callbacks: list[Callback] | None = None,
+    evaluator: Evaluator | None = None,
 ) -> Trainer:
-    """The trainer of this rank of a ``--parallel blocks|data`` run (module docstring)."""
+    """The trainer of this rank of a ``--parallel blocks|data`` run (module docstring); ``evaluator``
+    is rank 0's local one."""
     if method.num_units != ctx.placement.num_units:
         raise ConfigError(
             f"placement is for {ctx.placement.num_units} units, the method has {method.num_units}"
@@ -296,7 +300,7 @@ def block_parallel_trainer(
         order=PlacementOrder(ctx, cfg),
         step=lambda m, opt, precision: SyncStep(m, opt, ctx, precision),
         callbacks=[GatherToMain(ctx), *(callbacks or [])],
-        evaluator=main_evaluates(ctx),
+        evaluator=main_evaluates(ctx, evaluator),
     )
     state = [*trainer.method.parameters(), *trainer.method.buffers()]
     broadcast_tensors(ctx, state, 0, "broadcasting the initial model")

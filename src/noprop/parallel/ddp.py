@@ -89,7 +89,7 @@ class GradSync:
 
     def bytes_per_step(self, unit: int | None = 0) -> dict[str, int]:
         """Float32 bytes each collective carries per step (the buffer, not the wire traffic)."""
-        shared = sum(p.numel() for p in self.shared) + 1 + self.num_units
+        shared = sum(p.numel() for p in self.shared) + 1 + self.num_units + len(self.shared)
         unit_n = (
             sum(p.numel() for p in self.method.unit_parameters(unit or 0))
             if self.data_degree > 1
@@ -118,7 +118,11 @@ class GradSync:
         if bad and unit is not None:
             flags[unit] = GIVE_UP if give_up else 1.0
         unit_params = [] if unit is None else self.method.unit_parameters(unit)
-        tail = torch.cat([torch.tensor([w], device=self.device), flags])
+        # one weight per shared tensor: a rank whose loss did not reach it (e.g. the head under
+        # DT's --no-head-every-step) sends zeros that must not count in its average, and a tensor no
+        # rank reached keeps no gradient, so its optimiser skips it as a sequential step would
+        reached = [w if p.grad is not None else 0.0 for p in self.shared]
+        tail = torch.cat([torch.tensor([w, *reached], device=self.device), flags])
         shared_grads = _flat_grads(self.shared, w, self.device)
         what = "the per-step gradient all-reduce" + ("" if unit is None else f" (block {unit + 1})")
         with collective(self.ctx, what):
@@ -136,9 +140,17 @@ class GradSync:
                 buf = torch.cat([shared_grads, tail])
                 torch.distributed.all_reduce(buf)
                 shared_flat, reduced_tail = buf[: -tail.numel()], buf[-tail.numel() :]
-        total_weight, *unit_flags = reduced_tail.tolist()
+        values = reduced_tail.tolist()
+        total_weight, totals = values[0], values[1 : 1 + len(self.shared)]
+        unit_flags = values[1 + len(self.shared) :]
         skipped = [u for u, flag in enumerate(unit_flags) if flag > 0]
         diverged = [u for u, flag in enumerate(unit_flags) if flag >= GIVE_UP]
-        if self.shared and total_weight > 0:
-            _set_grads(self.shared, shared_flat / total_weight)
-        return skipped, diverged, total_weight > 0
+        offset = 0
+        for p, total in zip(self.shared, totals, strict=True):
+            n = p.numel()
+            if total > 0:
+                _set_grads([p], shared_flat[offset : offset + n] / total)
+            else:
+                p.grad = None
+            offset += n
+        return skipped, diverged, total_weight > 0 and (not totals or any(t > 0 for t in totals))

@@ -53,7 +53,7 @@ from ..training.callbacks import Callback
 from ..training.config import TrainConfig
 from ..training.order import Interleaved, Step
 from ..training.steps import Optimizers, Parts, StepFunction, params_finite
-from ..training.trainer import Trainer
+from ..training.trainer import Evaluator, Trainer
 
 
 def vmap_safe(module: nn.Module) -> nn.Module:
@@ -265,6 +265,7 @@ def fused_trainer(
     task: Task | None = None,
     progress: bool = True,
     callbacks: list[Callback] | None = None,
+    evaluator: Evaluator | None = None,
 ) -> Trainer:
     """The one-process trainer of ``--parallel fused``: every block on every batch, one vmapped step."""
     if not isinstance(method, NoPropDT):
@@ -278,6 +279,7 @@ def fused_trainer(
         order=Interleaved(range(method.num_units), cfg.batch_size, cfg.seed, fused=True),
         step=FusedStep,  # type: ignore[arg-type]
         callbacks=callbacks or [],
+        evaluator=evaluator,
     )
     # contiguous inputs: vmap cannot query channels-last layouts (the stacked parameters are made
     # contiguous too, FusedStep._stack)

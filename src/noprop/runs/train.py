@@ -66,6 +66,7 @@ from ..training.tensorboard import TensorBoardLogger, require_tensorboard
 from ..training.trainer import Trainer, evaluate
 from ..version import __version__
 from .pause import PauseAtStep, pause, pause_point
+from .selection import fair_local_evaluate
 
 # Flags that may differ between the original run and ``--resume`` without changing the experiment.
 RESUMABLE_OVERRIDES = frozenset(
@@ -287,8 +288,9 @@ def _train(
             samples = num_examples(data.train) * method.num_units
             callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
     trainer = build_trainer(
-        method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks
-    )
+        method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks,
+        evaluator=fair_local_evaluate,  # text chain models: selected on their best read-out
+    )  # fmt: skip
     if payload is not None:
         try:
             trainer.load_state_dict(_to_device(payload["trainer"], device))
