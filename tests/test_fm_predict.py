@@ -28,10 +28,10 @@ def test_auto_is_clean_on_text_and_velocity_on_images():
     assert resolve_predict("auto", "language") == "clean"
     assert resolve_predict("auto", "classification") == "velocity"
     assert resolve_predict("velocity", "language") == "velocity"
-    assert _method("fm")[0].predict == "clean"
-    assert _method("fm", fm_predict="velocity")[0].predict == "velocity"
+    assert _method("fm")[0].prediction == "clean"
+    assert _method("fm", fm_predict="velocity")[0].prediction == "velocity"
     cfg = make_config(dataset="digits", method="fm")
-    assert build_method(cfg, task_for("digits")).predict == "velocity"
+    assert build_method(cfg, task_for("digits")).prediction == "velocity"
 
 
 def test_a_config_without_the_option_loads_as_velocity():
@@ -108,3 +108,11 @@ def test_velocity_runs_keep_the_papers_field():
     t = torch.full((2, L), 0.5)
     want = method.block.fuse(h, z, t) @ method.embedding.weight
     torch.testing.assert_close(method.v(h, z, t), want)
+
+
+def test_the_inference_api_is_not_shadowed():
+    """``Method.predict`` stays callable on FM (the option is stored as ``prediction``)."""
+    for fm_predict in ("clean", "velocity"):
+        method, _, _ = _method("fm", fm_predict=fm_predict, inference_steps=2)
+        x = _bytes(2, L, seed=6)
+        assert method.predict(x).shape == (2, L, 256)

@@ -83,8 +83,6 @@ class MethodConfig:
         if LEGACY_CORE <= set(d) and set(d) - own:
             d = _legacy(name, d, own)
         d = {k: v for k, v in d.items() if v is not None}  # None: the method's default
-        if name == "fm" and "fm_predict" not in d:  # runs from before --fm-predict predicted v_θ
-            d["fm_predict"] = "velocity"
         unknown = set(d) - own
         if unknown:
             raise ConfigError(
@@ -256,7 +254,14 @@ class RunConfig:
                 raise ConfigError(f"config section {name!r} has unknown keys {sorted(unknown)}")
             check_types(name, section_cls, values)
             kwargs[name] = section_cls(**values)
-        kwargs["method"] = MethodConfig.from_dict(d.get("method", {}))
+        method = dict(d.get("method", {}))
+        if (
+            method.get("method") == "fm"
+            and "fm_predict" not in method
+            and kwargs["data"].dataset in TEXT_DATASETS
+        ):  # text FM runs from before --fm-predict predicted v_θ (images: auto is velocity too)
+            method["fm_predict"] = "velocity"
+        kwargs["method"] = MethodConfig.from_dict(method)
         return cls(**kwargs)
 
     def replace(self, **flat: Any) -> RunConfig:

@@ -177,7 +177,7 @@ class NoPropFM(ContinuousTimeMethod):
         self.source_sigma = source_sigma
         if predict not in ("velocity", "clean"):
             raise ConfigError(f"--fm-predict {predict!r}: expected velocity or clean")
-        self.predict = predict
+        self.prediction = predict  # not "predict": Method.predict() is the inference API
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""
@@ -191,7 +191,7 @@ class NoPropFM(ContinuousTimeMethod):
         """v_θ(z_t, x, t) from cached features h_x: logits·W_Embed (spec §3.1), or with
         ``predict="clean"`` (z̃_1 − z_t) / max(1 − t, T_EPS), z̃_1 = softmax(logits)·W_Embed (Eq. 12
         solved for v_θ)."""
-        if self.predict == "velocity":
+        if self.prediction == "velocity":
             return self.embedding.mix(self.block_fuse(h_x, z_t, t))
         return (self.z1_hat(h_x, z_t, t) - z_t) / _one_minus(t, z_t)
 
@@ -212,7 +212,7 @@ class NoPropFM(ContinuousTimeMethod):
             z_t = z_t + self.sigma * torch.randn_like(z_t)
         # 3. flow-matching term ‖v_θ − (z_1 − z_0)‖²  (Eq. 11); predicting z̃_1, the same term times
         #    (1 − t)²: ‖z̃_1 − z_t − (1 − t)(z_1 − z_0)‖² (= ‖z̃_1 − z_1‖² at σ = 0; see the module)
-        if self.predict == "clean":
+        if self.prediction == "clean":
             z1_tilde = self.z1_hat(h_x, z_t, t.squeeze(-1))
             fm = (z1_tilde - z_t - (1 - t) * (u_y - z_0)).pow(2).sum(-1).mean()
         else:

@@ -226,7 +226,7 @@ def _continuous(method: NoPropCT | NoPropFM, x: Tensor, C: int, deterministic: b
             yield f"head_{k}", float32(method.read_out(z)), z
             continue
         yield f"near_{k}", float32(method.read_out(z)), z
-        if method.predict == "clean" and not method.embedding.learnable:
+        if method.prediction == "clean" and not method.embedding.learnable:
             # z̃_1 = softmax(logits)·W_Embed: with one-hot W_Embed the softmax is z̃_1 itself
             yield f"p_{k}", float32(method.block_fuse(h_x, z, t)), z
             continue
