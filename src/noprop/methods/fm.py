@@ -20,8 +20,8 @@ network outputs v_θ = logits·W_Embed. On text that did not learn (issue 22: in
 ``lm compare`` NoProp-FM scored 8.44 bits per byte against the unigram's 4.84, loss 215 → 187). The
 target u_y − z_0 is mostly −z_0, isotropic noise in all 256 dimensions, but the text block's output
 layer is Linear(width, 256): v_θ lies in a width-dimensional affine subspace (120 there), so the
-noise's other 136 dimensions, 136 of Eq. 11's 257 expected units at t = 0, are out of reach. ``clean`` makes the network predict the clean
-embedding instead, z̃_1 = softmax(logits)·W_Embed (CT's û_θ, spec §3.1), and v_θ = (z̃_1 − z_t)/(1 − t),
+noise's other 136 dimensions, 136 of Eq. 11's 257 expected units at t = 0, are out of reach.
+``clean`` makes the network predict the clean embedding instead, z̃_1 = softmax(logits)·W_Embed (CT's û_θ, spec §3.1), and v_θ = (z̃_1 − z_t)/(1 − t),
 Eq. 12 solved for v_θ, with 1 − t clamped at :data:`T_EPS` = 0.05 at inference (the x-prediction of
 Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise", which argues the same for
 high-dimensional data). The loss is Eq. 11 weighted by (1 − t)²: ‖z̃_1 − z_t − (1 − t)(u_y − z_0)‖²,
@@ -29,8 +29,8 @@ which at σ = 0 is ‖z̃_1 − u_y‖², a Brier score at every t. A positive w
 minimiser, v_θ = E[u_y − z_0 | z_t, x, t], unchanged; it moves only a finite network's effort between
 t's. Unweighted, Eq. 11 in this form weighs t near 1 up to 400× more than t = 0 (1/(1 − t)²), where
 the next byte is decided; in one exploratory 3-minute tiny-shakespeare run (a patch, not kept; issue
-22's note) it reached validation accuracy 0.169 against 0.240 weighted. The ODE, the read-outs and Eq. 13 (on z̃_1)
-are unchanged. With one-hot W_Embed the softmax *is* z̃_1, a Brier-trained p(y | x, z_t, t): the fair
+22's note) it reached validation accuracy 0.169 against 0.240 weighted. The ODE, the read-outs and
+Eq. 13 (on z̃_1) are unchanged. With one-hot W_Embed the softmax *is* z̃_1, a Brier-trained p(y | x, z_t, t): the fair
 read-out ``p_k``. Euler's last step lands on z̃_1 exactly (z + (1/N)(z̃_1 − z)/(1/N)).
 
 Text (a label per position; the block is :class:`~noprop.models.transformer.ContinuousLanguageBlock`,
