@@ -195,7 +195,7 @@ FLAG_CASES = {
     "unknown-block": (["--block", "nope"], "unknown --block 'nope'"),
     "T-zero": (["--T", "0"], "--T must be >= 1"),
     "T-negative": (["--T", "-3"], "--T must be >= 1"),
-    "T-not-an-int": (["--T", "2.5"], "argument --T: invalid int value"),
+    "T-not-an-int": (["--T", "2.5"], "argument --T: must be a whole number (got '2.5')"),
     "lr-zero": (["--lr", "0"], "--lr must be a finite number > 0"),
     "lr-negative": (["--lr", "-0.1"], "--lr must be a finite number > 0"),
     "lr-nan": (["--lr", "nan"], "--lr must be a finite number > 0"),
@@ -305,7 +305,7 @@ def case_eval_not_a_run(c: Ctx) -> Case:
 
 def case_eval_runs_zero(c: Ctx) -> Case:
     run = c.run()
-    return Case(["eval", str(run), "--runs", "0"], run, "--runs must be >= 1")
+    return Case(["eval", str(run), "--runs", "0"], run, "argument --runs: must be >= 1 (got 0)")
 
 
 def case_eval_unknown_device(c: Ctx) -> Case:

@@ -21,9 +21,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "base",
         (
             "errors",
+            "arguments",
             "version",
             "device",
             "atomic",
+            "runlock",
             "options",
             "runtime",
             "limits",

@@ -141,8 +141,8 @@ def test_fp16_overflow_skips_the_step_halves_only_that_blocks_scale(
     assert s is not None
     assert s[0].get_scale() == 2.0**16 / 4  # halved twice
     assert s[1].get_scale() == 2.0**16  # the other block keeps its scale
-    assert trainer.step_fn.take_skipped() == [2, 0, 0]
-    assert trainer.step_fn.take_skipped() == [0, 0, 0]  # counted per epoch
+    assert trainer.step_fn.take_skipped() == ([2, 0, 0], [3, 1, 0])  # skipped, taken
+    assert trainer.step_fn.take_skipped() == ([0, 0, 0], [0, 0, 0])  # counted per epoch
 
 
 def test_fp16_diverges_only_when_steps_keep_failing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,10 +28,12 @@ import torch
 from noprop.atomic import atomic_write
 from noprop.cli import main
 from noprop.errors import CheckpointError
+from noprop.runlock import LOCK_FILE
 from noprop.runs.pause import PAUSE_ENV
-from noprop.training.callbacks import FiniteParameters
+from noprop.training.callbacks import FiniteState
 from noprop.training.checkpoint import load_checkpoint, save_checkpoint
 from noprop.training.record import EpochRecord
+from noprop.training.trainer import Trainer
 
 from .problems import tiny_method
 
@@ -67,7 +68,8 @@ def assert_one_line_error(rc: int, err: str, *fragments: str) -> str:
 
 
 def snapshot(path: Path) -> dict[str, Any] | None:
-    """Everything a write would change: names, bytes, inodes (atomic replace), mtimes."""
+    """Everything a write would change: names, bytes, inodes (atomic replace), mtimes (of all but
+    the lock file, which a refused command may have held: it records its holder)."""
     if not path.exists():
         return None
     if path.is_file():
@@ -75,6 +77,8 @@ def snapshot(path: Path) -> dict[str, Any] | None:
         return {".": (path.read_bytes(), st.st_ino, st.st_mtime_ns)}
     out: dict[str, Any] = {}
     for p in sorted(path.rglob("*")):
+        if p.name == LOCK_FILE:
+            continue
         st = p.stat()
         out[str(p.relative_to(path))] = (
             p.read_bytes() if p.is_file() else "<dir>",
@@ -213,7 +217,8 @@ def test_kill_and_resume_is_continuous_and_exact(
     # Continuous history, no stale temp files, and exactly the uninterrupted run's results.
     assert [r["epoch"] for r in metrics(out)] == list(range(1, EPOCHS + 1))
     assert without_timing(metrics(out)) == without_timing(metrics(reference))
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # no temporary file is left; the lock file stays (it is free: the kernel holds the lock)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
     assert ckpt_epoch(out) == EPOCHS
     got, want = weights(out), weights(reference)
     for part in ("model", "best_model"):
@@ -269,7 +274,11 @@ def _poison_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, what: str) -> No
     [
         ("nan", 5, ["loss became nan", "block 1", "epoch 2", "checkpoint of epoch 1 is kept"]),
         ("nan", 8, ["loss became nan", "block 2", "epoch 2", "checkpoint of epoch 1 is kept"]),
-        ("block1", 8, ["parameters of block 1", "epoch 2", "checkpoint of epoch 1 is kept"]),
+        (
+            "block1",
+            8,
+            ["model.blocks.0.", "(block 1) became NaN", "epoch 2", "checkpoint of epoch 1 is kept"],
+        ),
     ],
 )
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(
@@ -303,14 +312,16 @@ def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(
     assert not (out / "checkpoint.pt").exists()
 
 
-def test_check_finite_names_the_block() -> None:
-    method, _, _ = tiny_method(T=3)
-    check, trainer = FiniteParameters(), SimpleNamespace(method=method)
+def test_check_finite_names_the_tensor_and_the_block() -> None:
+    method, cfg, _ = tiny_method(T=3)
+    check, trainer = FiniteState(), Trainer(method, cfg, torch.device("cpu"), progress=False)
     record = EpochRecord(epoch=4, block_loss=[], epoch_seconds=1.0, wall_seconds=1.0, data_passes=3)
     check.on_epoch_end(trainer, record)
     with torch.no_grad():
         method.unit_parameters(2)[0].view(-1)[0] = math.inf
-    with pytest.raises(Exception, match="parameters of block 3 became NaN or infinite at epoch 4"):
+    with pytest.raises(
+        Exception, match=r"model\.blocks\.2\..* \(block 3\) became NaN or infinite at epoch 4"
+    ):
         check.on_epoch_end(trainer, record)
 
 

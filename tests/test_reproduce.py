@@ -149,7 +149,9 @@ def test_grid_errors(tmp_path, monkeypatch):
         grid.build_grid(["dt", "fm"], ["one-hot"], [0])
     with pytest.raises(ConfigError, match="twice"):
         grid.parse_list("--seeds", "0,0", int)
-    assert main(["bench", "reproduce", "--out", str(tmp_path / "x"), "--seeds", "a"]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse: --seeds takes whole numbers (its type)
+        main(["bench", "reproduce", "--out", str(tmp_path / "x"), "--seeds", "a"])
+    assert e.value.code == 2
     assert not (tmp_path / "x").exists()
 
 

@@ -132,6 +132,14 @@ def test_predict_reads_idx_and_images(run, raw_test, tmp_path, capsys):
     assert "resized to 8×8" in capsys.readouterr().err
 
 
+def exit_code(argv: list[str]) -> int:
+    """``main``'s status, also when argparse refuses a flag's value (it exits)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 @pytest.mark.parametrize(
     "case",
     ["wrong-shape", "missing", "bad-suffix", "chains", "not-a-run", "pickle-npy"],
@@ -148,7 +156,7 @@ def test_predict_errors_are_one_line(run, tmp_path, capsys, case):
         "pickle-npy": lambda: (np.save(bad, np.array([{"a": 1}], dtype=object)), [str(run), str(bad)])[1],
     }[case]()  # fmt: skip
     capsys.readouterr()
-    assert main(["predict", *args]) == 2
+    assert exit_code(["predict", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("noprop: error:"), err
     assert not (tmp_path / "p.txt").exists()
@@ -292,4 +300,4 @@ def test_eval_chains_prints_accuracy_and_seconds_per_chain_count(run, capsys):
         == evaluate_run(run, deterministic=True, device="cpu")["test_accuracy"]
     )
     assert rows[1]["test_accuracy"] == evaluate_run(run, device="cpu")["test_accuracy"]
-    assert main(["eval", str(run), "--chains", "0"]) == 2
+    assert exit_code(["eval", str(run), "--chains", "0"]) == 2

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import plots
+from .arguments import CHAINS, RUNS, SEED, STEPS, THREADS, int_list
 from .bench import efficiency, parallel, reproduce
 from .bench import lm as lm_compare
 from .config import RunConfig
@@ -27,7 +28,7 @@ from .precision import PRECISIONS
 from .presets import PRESETS, resolve_flat
 from .rundir import RunDir
 from .runs import evaluate_chains, evaluate_run, sweep_steps, train
-from .runs.inputs import check_predictions_path, read_inputs, write_predictions
+from .runs.inputs import check_predictions_path, read_inputs, tsv_line, write_predictions
 from .runs.listing import describe, find_runs, format_rows
 from .runs.model import export, load
 from .runs.sweep import STEP_METHODS
@@ -40,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 PRECISION_HELP = "networks under autocast at inference (default: the run's training precision)"
+THREADS_HELP = f"torch CPU threads, 1 to {THREADS.high} (default: the cores free at start-up)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,19 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic", action="store_true", help="z_0 = 0 and no noise during inference"
     )
     e.add_argument(
-        "--runs", type=int, default=1, help="number of inference runs (mean ± standard error)"
+        "--runs", type=RUNS, default=1, help="number of inference runs (mean ± standard error)"
     )
     e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=int)
+    e.add_argument("--threads", type=THREADS, help=THREADS_HELP)
     e.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     e.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the run's data set is (default: the directory its config names); read only: "
+        "eval never creates or downloads into a data directory",
+    )
+    e.add_argument(
         "--chains",
+        type=int_list(CHAINS),
         help="comma-separated chain counts, e.g. 1,4,16: test accuracy and seconds of averaging the "
         "head's probabilities over N stochastic chains, next to the deterministic chain "
         "(writes eval_chains.json)",
     )
     e.add_argument(
         "--steps",
+        type=int_list(STEPS),
         help="ct/fm/adjoint: comma-separated inference step counts, e.g. 1,2,5,10,20,50,100,1000 "
         "(prints accuracy and seconds per step count and solver; writes eval_steps.json)",
     )
@@ -112,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     pr.add_argument("--deterministic", action="store_true", help="z_0 = 0 and no noise")
     pr.add_argument(
-        "--chains", type=int, default=1, help="average the head's probabilities over N chains"
+        "--chains", type=CHAINS, default=1, help="average the head's probabilities over N chains"
     )
-    pr.add_argument("--seed", type=int, help="seed of the inference noise (default: the run's)")
+    pr.add_argument("--seed", type=SEED, help="seed of the inference noise (default: the run's)")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--threads", type=int)
+    pr.add_argument("--threads", type=THREADS, help=THREADS_HELP)
     pr.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     ex = sub.add_parser("export", help="weights (safetensors) + config + normalisation, no pickle")
     ex.add_argument("run_dir")
@@ -128,13 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_threads(n: int | None) -> None:
-    """``--threads`` of eval and predict; without it, say when the start-up cap is in force
-    (train records its thread count with the run: noprop/runs/train.py)."""
+    """``--threads`` of eval and predict (already checked by its type, ``arguments.THREADS``); without
+    it, say when the start-up cap is in force (train records its thread count with the run:
+    noprop/runs/train.py)."""
     import torch
 
     if n is not None:
-        if n < 1:
-            raise NoPropError(f"--threads must be >= 1 (got {n})")
         torch.set_num_threads(n)
     else:
         say_thread_cap(torch.get_num_threads())
@@ -166,14 +175,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def end_of_run_line(summary: dict, out: str) -> str:
     """``val 0.9722 · test 0.9583 (deterministic 0.9778) · 30 epochs · 25.1 s · 2 threads · runs/...``
-    (the thread count: the numbers depend on it)."""
+    (the thread count: the numbers depend on it); under ``--precision 16-mixed`` the steps skipped
+    for float16 overflow follow the epochs (``· 7 of 3300 steps skipped ·``)."""
     val = summary["val_accuracy"]
     threads = summary.get("num_threads")
+    skipped = summary.get("skipped_steps")  # --precision 16-mixed only
+    skips = "" if skipped is None else f"{skipped} of {summary.get('steps')} steps skipped · "
     return (
         f"val {'-' if val is None else f'{val:.4f}'} · test {summary['test_accuracy']:.4f} "
         f"(deterministic {summary['test_accuracy_deterministic']:.4f}) · {summary['epochs']} "
-        f"epochs · {summary['train_seconds']:.1f} s · {threads} thread{'' if threads == 1 else 's'} "
-        f"· {out}"
+        f"epochs · {skips}{summary['train_seconds']:.1f} s · {threads} "
+        f"thread{'' if threads == 1 else 's'} · {out}"
     )
 
 
@@ -185,7 +197,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.chains:
         return _eval_chains(ns)
     r = evaluate_run(ns.run_dir, deterministic=ns.deterministic, runs=ns.runs, device=ns.device,
-                     compile=ns.compile, precision=ns.precision)  # fmt: skip
+                     compile=ns.compile, precision=ns.precision, data_dir=ns.data_dir)  # fmt: skip
     mode = "deterministic" if r["deterministic"] else "stochastic"
     print(
         f"test accuracy ({mode}, {r['runs']} runs): {r['test_accuracy']:.4f} ± "
@@ -205,20 +217,17 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_list(text: str, flag: str, cast=str) -> list:
-    try:
-        items = [cast(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise NoPropError(f"{flag} takes a comma-separated list (got {text!r})") from None
+def _parse_list(text: str, flag: str) -> list[str]:
+    """A comma-separated list of names (lists of numbers: ``arguments.int_list``, the flag's type)."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
     if not items:
         raise NoPropError(f"{flag} is empty")
     return items
 
 
 def _eval_chains(ns: argparse.Namespace) -> int:
-    chains = _parse_list(ns.chains, "--chains", int)
-    rows = evaluate_chains(ns.run_dir, chains, device=ns.device, compile=ns.compile,
-                           precision=ns.precision)  # fmt: skip
+    rows = evaluate_chains(ns.run_dir, ns.chains, device=ns.device, compile=ns.compile,
+                           precision=ns.precision, data_dir=ns.data_dir)  # fmt: skip
     print(f"{'chains':>13}{'accuracy':>10}{'seconds':>10}")
     for r in rows:
         label = "deterministic" if r["chains"] == 0 else str(r["chains"])
@@ -228,9 +237,7 @@ def _eval_chains(ns: argparse.Namespace) -> int:
 
 
 def _eval_steps(ns: argparse.Namespace) -> int:
-    steps = _parse_list(ns.steps or "1000", "--steps", int)
-    if any(s < 1 for s in steps):
-        raise NoPropError(f"--steps must be positive integers (got {ns.steps})")
+    steps = ns.steps or [1000]
     if ns.solver is None:  # the run's own inference solver (CT: ancestral; FM/adjoint: euler)
         cfg = RunDir(ns.run_dir).config()
         if not cfg.method.cls.solvers:
@@ -241,7 +248,7 @@ def _eval_steps(ns: argparse.Namespace) -> int:
         ns.solver = cfg.options.solver  # type: ignore[attr-defined]
     solvers = _parse_list(ns.solver, "--solver")
     rows = sweep_steps(ns.run_dir, steps, solvers, ns.device, deterministic=ns.deterministic,
-                       compile=ns.compile, precision=ns.precision)  # fmt: skip
+                       compile=ns.compile, precision=ns.precision, data_dir=ns.data_dir)  # fmt: skip
     bpb = bool(rows) and "test_bits_per_byte" in rows[0]  # text runs
     print(
         f"{'solver':<10}{'steps':>7}{'accuracy':>10}"
@@ -301,7 +308,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         print(f"{len(rows)} predictions written to {ns.out}")
     else:
         for r in rows:
-            print(f"{r['input']}\t{r['class']}\t{r['name']}\t{r['probability']:.4f}")
+            # names are untrusted: escaped, so each input is one line of four fields
+            print(tsv_line((r["input"], r["class"], r["name"], f"{r['probability']:.4f}")))
     return 0
 
 

@@ -16,6 +16,16 @@ class DataError(NoPropError):
     """A data set is missing, malformed, truncated or inconsistent."""
 
 
+class DataNotFound(DataError):
+    """A data set's files are not in ``where``, the place they were looked for (and nothing was
+    downloaded there). Its own type so that a reader of a run can tell "the data are elsewhere" (it
+    asks for ``--data-dir``) from "the data are wrong" (it reports the problem as it is)."""
+
+    def __init__(self, message: str, where: object = "") -> None:  # "": pickle passes args only
+        super().__init__(message)
+        self.where = str(where)
+
+
 class ConfigError(NoPropError):
     """A configuration value (flag) is invalid or conflicts with another."""
 

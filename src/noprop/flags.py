@@ -13,9 +13,15 @@ import argparse
 import dataclasses
 from typing import Any
 
+from .arguments import NUMBER, WHOLE
 from .config import PLAIN_SECTIONS, method_fields
 from .methods import METHODS
 from .options import field_docs, flag, resolved_hints, scalar_type
+
+#: the argparse ``type=`` of a config field's flag: parse only (``--T x`` is refused here); the
+#: field's range is its dataclass's check (noprop.options → noprop.arguments), run when the config is
+#: built, so that a flag, a ``--config`` file and a run's ``config.json`` meet one rule
+PARSERS: dict[type, Any] = {int: WHOLE, float: NUMBER}
 
 
 def _add(p: argparse.ArgumentParser, name: str, tp: Any, help_text: str) -> None:
@@ -31,7 +37,7 @@ def _add(p: argparse.ArgumentParser, name: str, tp: Any, help_text: str) -> None
         p.add_argument(
             flag(name),
             dest=name,
-            type=scalar_type(tp),
+            type=PARSERS.get(scalar_type(tp), scalar_type(tp)),
             default=argparse.SUPPRESS,
             metavar=name.upper(),
             help=help_text,

@@ -29,6 +29,7 @@ MAX_CONFIG_VALUES: dict[str, int] = {
     "val_inference_steps": 100_000,
     "adjoint_steps": 100_000,
     "t_samples": 1024,
+    "gamma_width": 16_384,  # ct: hidden width of the γ network
     "embed_dim": 16_384,
     "width": 16_384,
     "heads": 1024,

@@ -4,7 +4,9 @@ An option dataclass documents each field with a docstring right below it (the PE
 docstring"); :func:`field_docs` reads those docstrings from the source, and the CLI turns them into
 ``--help`` text, so the documentation of a knob lives in one place, next to its default.
 ``Literal[...]`` fields list their allowed values; :func:`check_choices` validates them with a one-line
-:class:`~noprop.errors.ConfigError` naming the flag.
+:class:`~noprop.errors.ConfigError` naming the flag. Numbers are checked by :func:`at_least`,
+:func:`positive`, :func:`non_negative` and :func:`fraction`, which apply the validators of :mod:`noprop.arguments`
+(the CLI's ``type=`` of every other flag for the same kind of number), so each rule is written once.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import ast
 import dataclasses
 import functools
 import inspect
-import math
 import textwrap
 import types
 import typing
 from typing import Any, Literal
 
+from .arguments import FRACTION, NON_NEGATIVE, POSITIVE, field_count
 from .errors import ConfigError
 
 
@@ -89,17 +91,22 @@ def check_choices(obj: Any) -> None:
 
 
 def positive(name: str, value: float) -> None:
-    """A finite number > 0 (NaN and inf are refused)."""
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{flag(name)} must be a finite number > 0 (got {value})")
+    """A finite number > 0 (NaN and inf are refused): :data:`noprop.arguments.POSITIVE`."""
+    POSITIVE.check(flag(name), value)
 
 
 def non_negative(name: str, value: float) -> None:
-    """A finite number >= 0."""
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{flag(name)} must be a finite number >= 0 (got {value})")
+    """A finite number >= 0: :data:`noprop.arguments.NON_NEGATIVE`."""
+    NON_NEGATIVE.check(flag(name), value)
+
+
+def fraction(name: str, value: float) -> None:
+    """A number in [0, 1): a share that leaves something (``--db-overlap``, ``--val-fraction``)."""
+    FRACTION.check(flag(name), value)
 
 
 def at_least(name: str, value: int, low: int = 1) -> None:
-    if value < low:
-        raise ConfigError(f"{flag(name)} must be >= {low} (got {value})")
+    """A whole number >= ``low`` and at most the field's limit (:data:`noprop.limits.
+    MAX_CONFIG_VALUES`, else 2^63 - 1): :func:`noprop.arguments.field_count`, the rule of every
+    flag for the same quantity (``eval --threads``, ``lm compare --context``)."""
+    field_count(name, low).check(flag(name), value)

@@ -15,7 +15,9 @@ Written into ``DIR`` (matplotlib, Agg canvas, imported only when plotting):
   (``summary.json``) and the validation set at selected epochs (``metrics.jsonl``).
 * ``block_loss-RUN.png`` — each block's mean training loss per epoch (log scale when all positive).
 * ``prototypes-RUN.png`` — for ``--embedding prototype``: the initial and the learned W_Embed rows as
-  images in pixel units (de-normalised with the training mean/std), one per class.
+  images in pixel units (de-normalised with the training mean/std), one per class. The initial rows
+  are drawn from the run's training split, read where its config says and never downloaded
+  (:mod:`noprop.runs.reading`): without the data here the figure is skipped with one warning.
 
 A directory written by ``noprop bench reproduce`` (holding ``cells/``) stands for all its cells.
 """
@@ -27,12 +29,14 @@ import io
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .arguments import PATH
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .bench import time_to_accuracy
 from .bench.grid import CELLS
@@ -40,7 +44,7 @@ from .bench.paper import row_label
 from .config import RunConfig
 from .data.sources import class_examples
 from .device import check_device
-from .errors import ConfigError, NoPropError
+from .errors import ConfigError, DataNotFound, NoPropError
 from .models.config import IMAGE_EMBED_DIM
 from .models.embeddings import PROTOTYPE_MAX_PER_CLASS, prototype_init
 from .rundir import CONFIG, EpochRecord, RunDir, Summary
@@ -424,7 +428,14 @@ def plot_prototypes(info: RunInfo, path: Path, device: str = "cpu") -> Path | No
     """Initial (medoid images) and learned prototype embeddings as images, one per class."""
     if info.embedding != "prototype":
         return None
-    method, cfg, task, data, _ = load_run_with_task(info.path, device)
+    try:
+        method, cfg, task, data, _ = load_run_with_task(info.path, device)
+    except DataNotFound as e:  # a run from elsewhere: the other figures need no data
+        print(
+            f"noprop: warning: {path.name} skipped: {info.path}'s data are not in {e.where}",
+            file=sys.stderr,
+        )
+        return None
     in_shape = tuple(data.in_shape)
     learned = method.embedding.weight
     m = data.num_classes
@@ -515,7 +526,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or bench reproduce dirs)"
     )
-    p.add_argument("--out", required=True, help="directory for the PNG files")
+    p.add_argument("--out", required=True, type=PATH, help="directory for the PNG files")
     p.add_argument("--device", default="cpu", help="device for loading models (default cpu)")
     return p
 

@@ -17,6 +17,7 @@ missing epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Any
 from .atomic import TMP_MARKER, atomic_write, atomic_write_json
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, NoPropError
+from .runlock import LOCK_FILE, run_lock
 from .training.record import EpochRecord
 from .untrusted import read_json
 
@@ -85,6 +87,10 @@ class Summary:
     # epoch's other validation scores, e.g. {"bits_per_byte": ...}
     selected_on: str = "accuracy"
     val_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    # added in 0.3, --precision 16-mixed only: steps skipped for float16 overflow over the whole
+    # run, and the steps taken (skipped included), summed over the blocks
+    skipped_steps: int | None = None
+    steps: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Summary:
@@ -177,7 +183,8 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out {self.path} exists and is not a directory")
         try:
-            occupied = self.path.is_dir() and any(self.path.iterdir())
+            # the lock file alone (a run that was refused or killed before config.json) is empty
+            occupied = self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir())
         except OSError as e:
             raise ConfigError(f"cannot read --out {self.path}: {e.strerror or e}") from None
         if occupied and not overwrite:
@@ -204,9 +211,13 @@ class RunDir:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"cannot write to --out {self.path}: permission denied on {parent}")
 
-    def start(self, config: dict[str, Any], *, overwrite: bool) -> None:
-        """Create the directory (removing what this method created if it turns out unwritable),
-        clear an overwritten run's files and write ``config.json``."""
+    def lock(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the directory's one-writer lock (:mod:`noprop.runlock`); it must exist."""
+        return run_lock(self.path, what)
+
+    def create(self, *, overwrite: bool, config: dict[str, Any]) -> None:
+        """Create the directory (removing what this method created if it turns out unwritable);
+        nothing is written in it but a probe, removed at once."""
         self.check_writable(overwrite=overwrite, config=config)
         created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
@@ -221,6 +232,13 @@ class RunDir:
                 except OSError:
                     break
             raise ConfigError(f"cannot write to --out {self.path}: {e.strerror or e}") from None
+
+    def start(self, config: dict[str, Any], *, overwrite: bool) -> None:
+        """Create the directory, clear an overwritten run's files and write ``config.json``.
+
+        Call it holding :meth:`lock` (after :meth:`create`): the directory is checked again under
+        the lock, so of two new runs started into one directory only one writes it."""
+        self.create(overwrite=overwrite, config=config)
         if overwrite:
             for name in (METRICS, CHECKPOINT, SUMMARY, EVAL_STEPS, EVAL5, EVAL_CHAINS, DATA_INFO):
                 (self.path / name).unlink(missing_ok=True)
@@ -233,12 +251,20 @@ class RunDir:
         atomic_write_json(self.config_path, config)
 
     def remove_stale_temp_files(self) -> None:
-        """Delete ``.NAME.tmp-PID`` files left by a process killed inside :func:`atomic_write`."""
-        for name in FILES:
-            for stale in self.path.glob(f".{name}{TMP_MARKER}*"):
-                stale.unlink(missing_ok=True)
-        for stale in self.path.glob(".write-probe-*"):
-            stale.unlink(missing_ok=True)
+        """Delete the temporary files that a killed process left, at every depth of the run.
+
+        They are :func:`atomic_write`'s ``.NAME.tmp-PID`` siblings (the run's files, the decoded-image
+        cache under ``data/``, ...) and ``.write-probe-PID``. Call it holding :meth:`lock`: no other
+        writer can then be mid-write. Symbolic links are neither followed nor removed."""
+        for root, dirs, files in os.walk(self.path, followlinks=False):
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+            for name in files:
+                if (name.startswith(".") and TMP_MARKER in name) or name.startswith(
+                    ".write-probe-"
+                ):
+                    path = Path(root, name)
+                    if not path.is_symlink():
+                        path.unlink(missing_ok=True)
 
     def append_metrics(self, record: EpochRecord | dict[str, Any]) -> None:
         if isinstance(record, EpochRecord):

@@ -25,17 +25,23 @@ from .grid import NEUTRAL_FIELDS, is_failed, read_error, write_error
 
 
 def evaluate_train_accuracy(
-    run_dir: str | Path, *, runs: int = 5, max_samples: int = 10000, device: str = "auto"
+    run_dir: str | Path,
+    *,
+    runs: int = 5,
+    max_samples: int = 10000,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Accuracy of a run's validation-selected model on (a fixed subset of) its training split.
 
     Uses the same inference seeds as :func:`~noprop.runs.evaluate_run` (``seed + r``) and at most
     ``max_samples`` training examples (a random subset drawn with a fixed seed) for speed.
+    ``data_dir``: where the data are (default: where the run's config says; read only).
     Returns ``{"accuracies": [...], "num_samples": n}``.
     """
     if runs < 1 or max_samples < 1:
         raise ConfigError("runs and max_samples must be >= 1")
-    method, cfg, task, data, dev = run_mod.load_run_with_task(run_dir, device)
+    method, cfg, task, data, dev = run_mod.load_run_with_task(run_dir, device, data_dir=data_dir)
     n = num_examples(data.train)  # your own data: a source, read by index
     idx = torch.arange(n)
     if n > max_samples:
@@ -129,23 +135,27 @@ def run_cell(
             old = None
     if old is None:
         start = time.perf_counter()
-        test = run_mod.evaluate_run(cell_dir, runs=runs, device=device)
+        # the data where this invocation's --data-dir says: a cached or resumed cell's config
+        # keeps the directory it was first trained with, and reading a run never downloads
+        where = cfg.data.data_dir
+        test = run_mod.evaluate_run(cell_dir, runs=runs, device=device, data_dir=where)
         train_acc = evaluate_train_accuracy(
-            cell_dir, runs=runs, max_samples=train_eval_samples, device=device
+            cell_dir, runs=runs, max_samples=train_eval_samples, device=device, data_dir=where
         )
-        rd.write_eval5(
-            {
-                "runs": runs,
-                "deterministic": False,
-                "test_accuracies": test["accuracies"],
-                "test_accuracy": test["test_accuracy"],
-                "test_accuracy_stderr": test["test_accuracy_stderr"],
-                "test_accuracy_per_step": test["accuracy_per_step"],
-                "train_accuracies": train_acc["accuracies"],
-                "train_accuracy_samples": train_acc["num_samples"],
-                "train_eval_max_samples": train_eval_samples,
-                "eval_seconds": round(time.perf_counter() - start, 3),
-            }
-        )
+        with rd.lock("bench reproduce"):  # one writer of the cell's run directory
+            rd.write_eval5(
+                {
+                    "runs": runs,
+                    "deterministic": False,
+                    "test_accuracies": test["accuracies"],
+                    "test_accuracy": test["test_accuracy"],
+                    "test_accuracy_stderr": test["test_accuracy_stderr"],
+                    "test_accuracy_per_step": test["accuracy_per_step"],
+                    "train_accuracies": train_acc["accuracies"],
+                    "train_accuracy_samples": train_acc["num_samples"],
+                    "train_eval_max_samples": train_eval_samples,
+                    "eval_seconds": round(time.perf_counter() - start, 3),
+                }
+            )
         status = "evaluated" if status == "cached" else status
     return {"status": status, "error": None}

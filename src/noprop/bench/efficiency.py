@@ -44,6 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import runtime
+from ..arguments import BLOCKS, SECONDS, THREADS, count, field_count, int_list
 from ..build import build_method
 from ..config import make_config, method_fields
 from ..data.sources import split_tensors
@@ -364,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["fraction_of_matmul_peak"] = None if achieved is None else achieved / peak
     out.update(ratios(out["methods"]))
     if args.memory_vs_T:
-        out["memory_vs_T"] = memory_vs_T(args, [int(t) for t in args.memory_vs_T.split(",")])
+        out["memory_vs_T"] = memory_vs_T(args, args.memory_vs_T)
     return out
 
 
@@ -453,29 +454,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-dir")
-    p.add_argument("--max-batches", type=int, default=50, help="timed training steps per method")
     p.add_argument(
-        "--adjoint-max-batches", type=int, default=5, help="timed steps for adjoint (seconds each)"
+        "--max-batches", type=count(), default=50, help="timed training steps per method"
     )
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--T", type=int, help="number of blocks (default: the method's default)")
+    p.add_argument(
+        "--adjoint-max-batches",
+        type=count(),
+        default=5,
+        help="timed steps for adjoint (seconds each)",
+    )
+    p.add_argument("--max-train-samples", type=field_count("max_train_samples"))
+    p.add_argument("--T", type=BLOCKS, help="number of blocks (default: the method's default)")
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--eval-samples", type=int, default=1000, help="test examples for the inference timing"
+        "--eval-samples", type=count(), default=1000, help="test examples for the inference timing"
     )
     p.add_argument(
-        "--memory-vs-T", default="", help="also measure peak memory at these T, e.g. 10,20,40"
+        "--memory-vs-T",
+        type=int_list(BLOCKS),
+        help="also measure peak memory at these T, e.g. 10,20,40",
     )
     p.add_argument(
         "--background-load",
-        type=int,
+        type=count(0, THREADS.high),
         default=0,
         metavar="K",
         help="also measure each method while K single-threaded busy processes run (default 0)",
     )
     p.add_argument(
         "--background-seconds",
-        type=float,
+        type=SECONDS,
         default=1800.0,
         help="upper bound on each busy process's life in seconds (default 1800)",
     )
@@ -486,10 +494,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_bench(args: argparse.Namespace) -> int:
-    if args.max_batches < 1:
-        raise NoPropError(f"--max-batches must be >= 1 (got {args.max_batches})")
-    if args.background_load < 0 or not args.background_seconds > 0:
-        raise NoPropError("--background-load must be >= 0 and --background-seconds > 0")
+    """``noprop bench efficiency`` (every flag is checked by its type: noprop.arguments)."""
     return report(run(args), args.out, format_table)
 
 

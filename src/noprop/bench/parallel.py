@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..arguments import BLOCKS, SECONDS, THREADS, count, field_count
 from ..config import make_config
 from ..data.sources import split_tensors
 from ..errors import NoPropError
@@ -226,24 +227,20 @@ def format_table(r: dict[str, Any]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir")
-    p.add_argument("--T", type=int, default=10, help="number of DT blocks")
+    p.add_argument("--T", type=BLOCKS, default=10, help="number of DT blocks")
     p.add_argument("--block", default="auto", help="auto (conv for MNIST), conv, mlp")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=field_count("batch_size"), default=128)
     p.add_argument("--embedding", default="one-hot")
-    p.add_argument("--steps", type=int, default=200, help="timed block-steps per mode")
+    p.add_argument("--steps", type=count(), default=200, help="timed block-steps per mode")
     p.add_argument(
-        "--cores", type=int, default=2, help="threads (single, fused) = processes (blocks)"
+        "--cores", type=THREADS, default=2, help="threads (single, fused) = processes (blocks)"
     )
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per mode")
+    p.add_argument("--timeout", type=SECONDS, default=1800, help="seconds allowed per mode")
     p.add_argument("--out", help="write the JSON result here")
 
 
 def main_bench(args: argparse.Namespace) -> int:
-    for flag in ("steps", "cores", "T", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise NoPropError(
-                f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})"
-            )
+    """``noprop bench parallel`` (every flag is checked by its type: noprop.arguments)."""
     return report(run(args), args.out, format_table)
 
 

@@ -37,11 +37,22 @@ from typing import Any
 
 import torch
 
+from ..arguments import PATH, RUNS, SEED, count, int_list
 from ..atomic import atomic_write_json, atomic_write_text
+from ..config import RunConfig
 from ..errors import ConfigError
 from ..flags import add_config_flags, given_flags
 from .cell import check_cell, run_cell
-from .grid import CELLS, GRID_FIELDS, TABLE_JSON, TABLE_MD, build_grid, cell_dir, parse_list
+from .grid import (
+    CELLS,
+    GRID_FIELDS,
+    TABLE_JSON,
+    TABLE_MD,
+    Cell,
+    build_grid,
+    cell_dir,
+    parse_list,
+)
 from .table import collect_table, render_markdown
 
 
@@ -58,17 +69,51 @@ def reproduce(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the grid in ``out`` and write ``table.md`` and ``table.json``; return the table."""
-    if runs < 1:
-        raise ConfigError(f"--runs must be >= 1 (got {runs})")
-    if train_eval_samples < 1:
-        raise ConfigError(f"--train-eval-samples must be >= 1 (got {train_eval_samples})")
+    grid = check_grid(
+        out, methods, embeddings, seeds, overrides, runs=runs, train_eval_samples=train_eval_samples
+    )
+    return run_grid(out, grid, methods, embeddings, runs=runs,
+                    train_eval_samples=train_eval_samples, progress=progress, log=log)  # fmt: skip
+
+
+def check_grid(
+    out: str | Path,
+    methods: Sequence[str],
+    embeddings: Sequence[str],
+    seeds: Sequence[int],
+    overrides: dict[str, Any] | None = None,
+    *,
+    runs: int = 5,
+    train_eval_samples: int = 10000,
+) -> list[tuple[Cell, RunConfig]]:
+    """The grid's cells and configs, or the first one-line error of its arguments: every config is
+    checked as ``noprop train`` checks its flags, and every conflict with a cell already in ``out``
+    is found, before anything is set (``--threads``), trained or written."""
+    RUNS.check("--runs", runs)
+    count().check("--train-eval-samples", train_eval_samples)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
     grid = build_grid(methods, embeddings, seeds, overrides)
-    device = grid[0][1].train.device
-    for cell, cfg in grid:  # every conflict is reported before anything is trained
+    for cell, cfg in grid:
         check_cell(cell_dir(out, cell), cfg)
+    return grid
+
+
+def run_grid(
+    out: str | Path,
+    grid: list[tuple[Cell, RunConfig]],
+    methods: Sequence[str],
+    embeddings: Sequence[str],
+    *,
+    runs: int,
+    train_eval_samples: int,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate the cells of a checked grid (:func:`check_grid`), then write the table."""
+    out = Path(out)
+    device = grid[0][1].train.device
     (out / CELLS).mkdir(parents=True, exist_ok=True)
     for i, (cell, cfg) in enumerate(grid, 1):
         start = time.perf_counter()
@@ -110,14 +155,21 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="one-hot,learned,prototype",
         help="comma-separated (default one-hot,learned,prototype)",
     )
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
-    p.add_argument("--out", required=True, help="output directory (cells/, table.md, table.json)")
     p.add_argument(
-        "--runs", type=int, default=5, help="inference runs per seed (default 5, as the paper)"
+        "--seeds",
+        type=int_list(SEED, unique=True),
+        default="0,1,2",
+        help="comma-separated (default 0,1,2)",
+    )
+    p.add_argument(
+        "--out", required=True, type=PATH, help="output directory (cells/, table.md, table.json)"
+    )
+    p.add_argument(
+        "--runs", type=RUNS, default=5, help="inference runs per seed (default 5, as the paper)"
     )
     p.add_argument(
         "--train-eval-samples",
-        type=int,
+        type=count(),
         default=10000,
         help="training examples used for the train accuracy (default 10000)",
     )
@@ -129,17 +181,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def cmd_reproduce(ns: argparse.Namespace) -> int:
     overrides = {k: v for k, v in given_flags(ns).items() if k not in GRID_FIELDS}
-    threads = overrides.get("threads")
+    methods = parse_list("--methods", ns.methods)
+    embeddings = parse_list("--embeddings", ns.embeddings)
+    grid = check_grid(ns.out, methods, embeddings, ns.seeds, overrides, runs=ns.runs,
+                      train_eval_samples=ns.train_eval_samples)  # fmt: skip
+    threads = overrides.get("threads")  # checked with the grid's configs
     if threads is not None:  # the evaluations too, not only the trainings (which record it)
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1 (got {threads})")
         torch.set_num_threads(threads)
-    table = reproduce(
+    table = run_grid(
         ns.out,
-        parse_list("--methods", ns.methods),
-        parse_list("--embeddings", ns.embeddings),
-        parse_list("--seeds", ns.seeds, int),
-        overrides,
+        grid,
+        methods,
+        embeddings,
         runs=ns.runs,
         train_eval_samples=ns.train_eval_samples,
         progress=not ns.no_progress,

@@ -20,7 +20,8 @@ class DataConfig:
     prediction): stdlib (bundled: this Python's standard library source), text (--data-dir FILE or
     directory of .txt files), tiny-shakespeare"""
     data_dir: str | None = None
-    """directory holding the data set files (downloaded there when missing and online)"""
+    """directory holding the data set files (train downloads them there when missing and online;
+    reading a run, e.g. eval, never creates or downloads into it)"""
     val_fraction: float = 0.1
     """fraction of the training set held out for model selection"""
     max_train_samples: int | None = None

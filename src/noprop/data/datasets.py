@@ -49,8 +49,8 @@ import numpy as np
 import torch
 
 from noprop.data import download as _download
-from noprop.data.formats import read_cifar_binary, read_idx
-from noprop.errors import DataError
+from noprop.data.formats import native_order, read_cifar_binary, read_idx
+from noprop.errors import DataError, DataNotFound
 
 __all__ = [
     "DATASETS",
@@ -274,9 +274,10 @@ def _locate_or_fetch(
             if found is not None:
                 return found
             note = "files still incomplete after download"
-    raise DataError(
+    raise DataNotFound(
         f"{name}: data files not found in {directory} (expected {_expected_files(name)}); "
-        f"{note}; pass --data-dir DIR pointing at a folder that holds them"
+        f"{note}; pass --data-dir DIR pointing at a folder that holds them",
+        directory,
     )
 
 
@@ -435,8 +436,9 @@ def normalise(
 ) -> torch.Tensor:
     """Raw images (N, C, H, W) → the standardised ``float32`` tensor the models see, in one pass:
     ``(x · scale − mean) / std`` per channel, ``scale = 1 / max_value`` (what :func:`load_dataset`
-    applies; ``noprop.load(...).predict`` applies it to raw uint8 input)."""
-    array = np.require(x, requirements=["C", "W"])
+    applies; ``noprop.load(...).predict`` applies it to raw uint8 input). Any byte order: a batch
+    gathered from a big-endian memory map is converted here, batch by batch, never the whole file."""
+    array = np.require(native_order(x), requirements=["C", "W"])
     tensor = torch.from_numpy(array).to(torch.float32, copy=True)
     shape = (1, len(mean), 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float64)

@@ -24,6 +24,10 @@ Design choices:
 * Every problem with the *content* raises :class:`~noprop.errors.DataError` with a one-line
   message naming the source; a wrong argument (a programming error) raises ``ValueError``.
 * Arrays are returned as writable NumPy views of a single buffer (no per-record Python loops).
+* Images read from a file of the user's (``--dataset npy``, ``noprop predict``'s arrays, hence also
+  ``noprop eval`` of such a run) pass :func:`checked_images`, the one place that decides what an
+  array of pixels may hold: any byte order (converted to the machine's), uint8 or floats whose
+  values are finite *once converted to* :data:`MODEL_DTYPE`, the dtype the models compute in.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ __all__ = [
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
     "MAX_DECOMPRESSED_BYTES",
+    "MODEL_DTYPE",
+    "checked_images",
+    "native_order",
     "open_npy",
     "read_cifar_binary",
     "read_idx",
@@ -347,3 +354,83 @@ def open_npy(path: str | os.PathLike[str]) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any parser failure is one line naming the file
         detail = " ".join(str(exc).split())[:160]
         raise DataError(f"cannot read {description} as a .npy array: {detail}") from None
+
+
+#: the dtype the models compute in; an input value must be finite once converted to it
+MODEL_DTYPE = np.dtype(np.float32)
+_CHECK_ROWS = 8192  # images checked per step: bounded temporary memory, memory maps read in order
+
+
+def native_order(array: np.ndarray) -> np.ndarray:
+    """``array`` in this machine's byte order: itself when it already is (one-byte items always
+    are), else a converted copy. Torch refuses other byte orders, and a ``.npy`` saved on a
+    big-endian machine or as ``'>f4'`` has one; a memory map is read whole by this, so gather the
+    rows first (:func:`~noprop.data.datasets.normalise` converts each batch it is given)."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
+def checked_images(array: np.ndarray, where: str) -> np.ndarray:
+    """Images from a user's file, checked once at load, whatever reads them (train, eval, predict).
+
+    uint8 (raw pixels) or floats (taken as already normalised) only; float values must be finite
+    *after* conversion to :data:`MODEL_DTYPE`: a float64 1e300 passes a float64 finiteness check,
+    becomes inf in float32 and would only show up later as a "diverged" run blaming ``--lr``.
+    Checked over chunks of images, so a memory-mapped array is read once, in order, never whole.
+
+    Returns:
+        ``array`` in native byte order: an in-memory array converted (one copy, only when it is
+        not native); a memory map as it is (converting would read the whole file into memory):
+        its rows are converted as they are gathered, by :func:`native_order` in ``normalise``.
+
+    Raises:
+        DataError: one line naming ``where`` and the problem (dtype, NaN/inf, overflow).
+    """
+    if array.dtype != np.uint8 and array.dtype.kind != "f":
+        raise DataError(
+            f"{where}: images must be uint8 pixels (0-255) or floats (already normalised), "
+            f"not {array.dtype}; convert them first"
+        )
+    if array.dtype.kind == "f":
+        _check_finite_as_model_dtype(np.atleast_1d(array), where)
+    return array if isinstance(array, np.memmap) else native_order(array)
+
+
+def _check_finite_as_model_dtype(array: np.ndarray, where: str) -> None:
+    """Raise unless every value of the float ``array`` is finite once cast to MODEL_DTYPE."""
+    counts = {"nonfinite": 0, "overflow": 0}
+    first: dict[str, int] = {}
+    largest = 0.0
+    widening = array.dtype.itemsize <= MODEL_DTYPE.itemsize  # float16/32: no cast can overflow
+    for start in range(0, len(array), _CHECK_ROWS):
+        block = array[start : start + _CHECK_ROWS]
+        with np.errstate(over="ignore", invalid="ignore"):  # the overflow is counted, not warned
+            bad = ~np.isfinite(block if widening else block.astype(MODEL_DTYPE))
+        if not bad.any():
+            continue
+        was_bad = ~np.isfinite(block)
+        over = bad & ~was_bad
+        for kind, mask in (("nonfinite", was_bad), ("overflow", over)):
+            rows = mask.reshape(len(block), -1).any(axis=1)
+            if rows.any():
+                counts[kind] += int(mask.sum())
+                first.setdefault(kind, start + int(np.argmax(rows)))
+        if over.any():
+            largest = max(largest, float(np.abs(block[over]).max()))
+    if counts["nonfinite"]:
+        raise DataError(
+            f"{where}: {_values(counts['nonfinite'], 'is', 'are')} NaN or infinite (the first in "
+            f"image {first['nonfinite']}); remove or replace them"
+        )
+    if counts["overflow"]:
+        raise DataError(
+            f"{where}: {_values(counts['overflow'], 'overflows', 'overflow')} {MODEL_DTYPE}, the "
+            f"dtype the models compute in (largest magnitude {largest:.3g}, the first in image "
+            f"{first['overflow']}); scale the data"
+        )
+
+
+def _values(count: int, one: str, many: str) -> str:
+    """``1 value is`` / ``3 values are``: the count and its verb, for the messages above."""
+    return f"1 value {one}" if count == 1 else f"{count} values {many}"

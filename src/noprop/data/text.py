@@ -70,7 +70,7 @@ import torch
 
 from noprop.data import download as _download
 from noprop.data.datasets import default_data_dir
-from noprop.errors import DataError
+from noprop.errors import DataError, DataNotFound
 
 __all__ = [
     "MIN_SPLIT_BYTES",
@@ -379,9 +379,10 @@ def _load_text(data_dir: str | os.PathLike[str] | None, max_bytes: int | None) -
     if path.is_dir():
         return _load_text_dir(path, max_bytes)
     if not path.exists():
-        raise DataError(
+        raise DataNotFound(
             f"{path}: no such file or directory (--dataset text needs --data-dir PATH, "
-            "a file or a directory of .txt files)"
+            "a file or a directory of .txt files)",
+            path,
         )
     if not path.is_file():
         raise DataError(f"{path}: not a regular file or directory")
@@ -417,7 +418,9 @@ def _load_tiny_shakespeare(
     if not path.is_file():
         hint = f"pass --data-dir DIR pointing at a folder that holds the char-rnn {path.name}"
         if not download:
-            raise DataError(f"{path}: {name} file not found; download disabled; {hint}")
+            raise DataNotFound(
+                f"{path}: {name} file not found; download disabled; {hint}", directory
+            )
         try:
             _download.fetch_dataset(name, directory, base_url=base_url)
         except DataError as exc:

@@ -28,7 +28,12 @@ memory trains. [I] The validation and test splits are read into memory as float3
 [I] Pixels: a **uint8** array holds raw pixels and is normalised like the built-in image sets
 (divided by 255, then standardised per channel with the training part's mean and std, computed
 over chunks); a **float** array (float16/32/64) is taken as already normalised and used as it is
-(mean 0, std 1 recorded, finite values required). Any other dtype is refused: convert it first.
+(mean 0, std 1 recorded). Any other dtype is refused: convert it first. Both pass
+:func:`~noprop.data.formats.checked_images`, as ``noprop predict``'s arrays do: any byte order
+([I] a big-endian memory map stays mapped, each gathered batch is converted; validation and test are
+converted as they are read), values finite *once converted to float32* (a float64 1e300 is refused
+at load, not left to diverge). Labels: any integer dtype and byte order, range-checked before the
+cast to int64.
 
 Splits: without test files, [I] a fixed 10% of the examples is held out as the test split (a
 permutation seeded with 0, so the test set does not change with ``--seed``, as for ``digits``). The
@@ -50,7 +55,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..errors import DataError
+from ..errors import DataError, DataNotFound
 from ..limits import MAX_CHANNELS, MAX_CLASSES, image_limits
 from .config import DataConfig
 from .datasets import (
@@ -61,7 +66,7 @@ from .datasets import (
     _split_indices,
     normalise,
 )
-from .formats import open_npy
+from .formats import checked_images, open_npy
 from .images import IMAGE_SUFFIXES, image_header, read_images
 from .sources import ArraySource
 
@@ -155,36 +160,31 @@ def _image_array(x: np.ndarray, where: str) -> np.ndarray:
             f"{where}: shape {tuple(x.shape)} looks channels-last (N, H, W, C); save it as "
             "(N, C, H, W), e.g. np.save(path, x.transpose(0, 3, 1, 2))"
         )
-    if x.dtype != np.uint8 and x.dtype.kind != "f":
-        raise DataError(
-            f"{where}: images must be uint8 pixels (0-255) or floats (already normalised), "
-            f"not {x.dtype}; convert them first"
-        )
     c, h, w = x.shape[1:]
     if c > MAX_CHANNELS or h * w > image_limits()[0] or min(c, h, w) < 1:
         raise DataError(
             f"{where}: images of shape {(c, h, w)} exceed noprop/limits.py ({MAX_CHANNELS} "
             f"channels, {image_limits()[0]} pixels)"
         )
-    if x.dtype.kind == "f":
-        for start in range(0, len(x), _CHUNK):
-            if not np.isfinite(x[start : start + _CHUNK]).all():
-                raise DataError(f"{where}: images contain NaN or infinite values")
-    return x
+    return checked_images(x, where)  # dtype, byte order, finite as float32: as predict's inputs
 
 
 def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
-    """Labels (n,) as int64, checked: integers, one per image, non-negative."""
+    """Labels (n,) as native int64, checked: integers, one per image, in [0, MAX_CLASSES) in their
+    own dtype *before* the cast (a uint64 2**63 would wrap to a negative int64), any byte order."""
     if y.ndim != 1:
         raise DataError(f"{where}: labels must have shape (N,), got {tuple(y.shape)}")
     if y.dtype.kind not in "iu":
         raise DataError(f"{where}: labels must be integers (class indices), not {y.dtype}")
     if len(y) != n:
         raise DataError(f"{where}: {n} images but {len(y)} labels")
-    labels = np.array(y, dtype=np.int64)
-    if len(labels) and labels.min() < 0:
-        raise DataError(f"{where}: labels must be >= 0 (found {int(labels.min())})")
-    return labels
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0 (found {int(y.min())})")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{where}: label {int(y.max())} exceeds noprop/limits.py's {MAX_CLASSES} classes"
+        )
+    return np.array(y, dtype=np.int64)  # native order: a copy in memory (labels are small)
 
 
 def _splits(
@@ -267,9 +267,10 @@ def _load_npy(
     paths = {name: directory / name for name in NPY_FILES}
     for name in NPY_FILES[:2]:
         if not paths[name].is_file():
-            raise DataError(
+            raise DataNotFound(
                 f"--dataset npy: {paths[name]} not found (--data-dir needs x_train.npy and "
-                "y_train.npy; x_test.npy and y_test.npy are optional)"
+                "y_train.npy; x_test.npy and y_test.npy are optional)",
+                directory,
             )
     has_test = [paths[name].is_file() for name in NPY_FILES[2:]]
     if any(has_test) and not all(has_test):
@@ -309,7 +310,9 @@ def _directory(data: DataConfig) -> Path:
     assert data.data_dir is not None  # DataConfig requires it for folder/npy
     directory = Path(data.data_dir).expanduser()
     if not directory.is_dir():
-        raise DataError(f"--dataset {data.dataset}: --data-dir {directory} is not a directory")
+        raise DataNotFound(
+            f"--dataset {data.dataset}: --data-dir {directory} is not a directory", directory
+        )
     return directory
 
 

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.embeddings import ClassEmbedding
-from ..options import at_least, non_negative
+from ..options import at_least, fraction
 from ..schedules_edm import EDMNoise, block_of_step, euler_step
 from ..solvers import record_indices
 from .base import BuildContext, Method, MethodOptions
@@ -80,9 +80,7 @@ class DiffusionBlocksConfig(MethodOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least("T", self.T)
-        non_negative("db_overlap", self.db_overlap)
-        if self.db_overlap >= 1:
-            raise ConfigError(f"--db-overlap must be < 1 (got {self.db_overlap})")
+        fraction("db_overlap", self.db_overlap)
         if self.inference_steps is not None:
             at_least("inference_steps", self.inference_steps)
 

@@ -108,6 +108,10 @@ class FusedStep(StepFunction):
     def num_scalers(self) -> int:
         return 1
 
+    def buffers_of(self, unit: int) -> list[Tensor]:
+        """Block ``unit``'s slice of the stacked buffers (the forward pass updates those)."""
+        return [v[unit] for v in self.buffers.values() if v.is_floating_point()]
+
     def _stack(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         params, buffers = stack_module_state(list(self.dt.blocks))
         params = {k: v.detach().contiguous().requires_grad_() for k, v in params.items()}

@@ -1,4 +1,8 @@
-"""Read a finished (or interrupted) run back: ``load_run`` and ``evaluate_run``."""
+"""Read a finished (or interrupted) run back: ``load_run`` and ``evaluate_run``.
+
+Reading a run never creates or downloads into the data directory its config names
+(:mod:`noprop.runs.reading`): ``data_dir`` (``noprop eval --data-dir``) says where the data are
+instead."""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from ..runtime import load_meter
 from ..tasks import Task
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import evaluate
-from .model import load
-from .train import build_for_data, check_payload, first_detail, load_data
+from .model import TrainedModel, load_trained
+from .reading import ASK_DATA_DIR, read_data
+from .train import build_for_data, check_payload, first_detail
 
 
 def run_precision(cfg: RunConfig, precision: str | None) -> str:
@@ -34,15 +39,16 @@ def run_precision(cfg: RunConfig, precision: str | None) -> str:
 
 
 def load_run(
-    run_dir: str | Path, device: str = "auto"
+    run_dir: str | Path, device: str = "auto", *, data_dir: str | Path | None = None
 ) -> tuple[Method, RunConfig, DataSplits, torch.device]:
-    """Rebuild a run's model (the validation-selected weights) and its data splits."""
-    method, cfg, _task, data, dev = load_run_with_task(run_dir, device)
+    """Rebuild a run's model (the validation-selected weights) and its data splits (read from
+    ``data_dir`` when given, else where the run's config says; never downloaded)."""
+    method, cfg, _task, data, dev = load_run_with_task(run_dir, device, data_dir=data_dir)
     return method, cfg, data, dev
 
 
 def load_run_with_task(
-    run_dir: str | Path, device: str = "auto"
+    run_dir: str | Path, device: str = "auto", *, data_dir: str | Path | None = None
 ) -> tuple[Method, RunConfig, Task, DataSplits, torch.device]:
     """:func:`load_run` plus the run's task."""
     run = RunDir(run_dir)
@@ -50,7 +56,7 @@ def load_run_with_task(
     payload = load_checkpoint(run.checkpoint_path)
     check_payload(run, payload, cfg)
     dev = pick_device(device)
-    task, data = load_data(cfg, run)
+    task, data = read_data(cfg, run, data_dir)
     method = build_for_data(cfg, task, data).to(dev)
     state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
     try:
@@ -78,14 +84,16 @@ def evaluate_run(
     device: str = "auto",
     compile: bool = False,
     precision: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Test accuracy over ``runs`` inference runs (mean ± standard error) and per-step accuracy.
 
     ``compile``: compile the method's inference first (ct only; ``compile_seconds`` in the result).
-    ``precision``: of the networks (default: the run's training precision)."""
+    ``precision``: of the networks (default: the run's training precision).
+    ``data_dir``: where the run's data are (``--data-dir``; default: where its config says)."""
     if runs < 1:
         raise ConfigError(f"--runs must be >= 1 (got {runs})")
-    method, cfg, task, data, dev = load_run_with_task(run_dir, device)
+    method, cfg, task, data, dev = load_run_with_task(run_dir, device, data_dir=data_dir)
     precision = run_precision(cfg, precision)
     x, y = (t.to(dev) for t in data.test)
     bs = cfg.train.eval_batch_size
@@ -155,14 +163,29 @@ def evaluate_chains(
     seed: int | None = None,
     compile: bool = False,
     precision: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Test accuracy and seconds of averaging the head's probabilities over N stochastic chains
     (``TrainedModel.predict_proba``, one N·B batch per pass) for every N in ``chains``; also the
-    deterministic chain (``chains = 0`` in the rows) for comparison. Writes ``eval_chains.json``."""
+    deterministic chain (``chains = 0`` in the rows) for comparison. Writes ``eval_chains.json``.
+
+    ``data_dir``: where the run's data are (``--data-dir``; default: where its config says)."""
     if not chains or any(n < 1 for n in chains):
         raise ConfigError(f"--chains takes positive integers (got {chains})")
-    model = load(run_dir, device, precision)
-    _, data = load_data(model.config, RunDir(run_dir))
+    model = load_trained(run_dir, device, precision, data_dir=data_dir, ask=ASK_DATA_DIR)
+    with RunDir(run_dir).lock("eval --chains"):  # it writes eval_chains.json: one writer
+        return _evaluate_chains(model, run_dir, chains, seed, compile, data_dir)
+
+
+def _evaluate_chains(
+    model: TrainedModel,
+    run_dir: str | Path,
+    chains: list[int],
+    seed: int | None,
+    compile: bool,
+    data_dir: str | Path | None,
+) -> list[dict[str, Any]]:
+    _, data = read_data(model.config, RunDir(run_dir), data_dir)
     if compile:
         compile_for_inference(model.method, model.config.train.eval_batch_size)
     x, y = data.test

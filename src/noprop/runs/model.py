@@ -13,10 +13,14 @@ eval mode on the chosen device, with the data set's normalisation, class names a
 * ``export(run_dir, out)`` writes ``model.safetensors`` (weights only, the selected epoch),
   ``config.json`` and ``normalisation.json`` (mean, std, pixel scale, input shape, class names): no
   pickle, no optimiser state, loadable by ``noprop.load(out)`` without the data set.
+* A run directory (not an export) computes the normalisation from its training split, so loading it
+  reads the data set: from ``data_dir`` when given, else where the run's config says, never created
+  or downloaded there (:mod:`noprop.runs.reading`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -33,16 +37,19 @@ from ..atomic import atomic_write_json
 from ..build import build_method, check_weights
 from ..config import RunConfig
 from ..data.datasets import USER_DATASETS, normalise
+from ..data.formats import checked_images
 from ..data.text import TEXT_DATASETS
 from ..device import pick_device
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..methods import Method
 from ..precision import autocast, check_precision
 from ..rundir import EXPORTED_WEIGHTS, NORMALISATION, RunDir
+from ..runlock import LOCK_FILE, run_lock
 from ..tasks import Task, task_for
 from ..training.checkpoint import load_checkpoint
 from ..untrusted import guard, one_line, read_json, safetensors_header
-from .train import check_payload, first_detail, load_data
+from .reading import read_data
+from .train import check_payload, first_detail
 
 WEIGHTS = EXPORTED_WEIGHTS
 EXPORT_FILES = frozenset({WEIGHTS, "config.json", NORMALISATION})
@@ -82,9 +89,10 @@ class TrainedModel:
 
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
         """Model inputs (N, *in_shape) on the device from raw uint8 or normalised float images."""
-        if isinstance(x, Tensor):  # any device or dtype: uint8 stays raw, the rest become float32
-            x = x.detach().cpu()
-            array = x.numpy() if x.dtype == torch.uint8 else x.float().numpy()
+        if isinstance(x, Tensor):  # any device or dtype: uint8 and floats as they are (a float64
+            x = x.detach().cpu()  # overflowing float32 is refused by name), the rest float32
+            keep = (torch.uint8, torch.float16, torch.float32, torch.float64)
+            array = x.numpy() if x.dtype in keep else x.float().numpy()
         else:
             array = np.asarray(x)
         shape = self.in_shape
@@ -98,15 +106,12 @@ class TrainedModel:
                 f"inputs of shape {tuple(array.shape)} do not fit this model, which takes images "
                 f"of shape {shape} (as (N, {', '.join(map(str, shape))}) or one image)"
             )
+        array = checked_images(array, "inputs")  # as training's: dtype, byte order, float32 range
         if array.dtype == np.uint8:
             n = self.normalisation
             t = normalise(array, 1.0 / n.max_value, n.mean, n.std)
-        elif np.issubdtype(array.dtype, np.floating):
-            t = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
         else:
-            raise ConfigError(
-                f"inputs must be raw uint8 pixels or normalised floats, not {array.dtype}"
-            )
+            t = torch.from_numpy(np.require(array, np.float32, requirements=["C", "W"]))
         if not torch.isfinite(t).all():
             raise ConfigError("inputs contain NaN or infinite values")
         return t.to(self.device)
@@ -138,7 +143,13 @@ class TrainedModel:
                     logits = self.method.predict_steps(rep, deterministic=deterministic)[-1]
                 probs = logits.float().softmax(-1).view(chains, xb.shape[0], -1).mean(0)
                 out.append(probs)
-        return torch.cat(out).cpu()
+        probs = torch.cat(out).cpu()
+        if not bool(torch.isfinite(probs).all()):  # never print nan as a prediction
+            raise DivergenceError(
+                "the model gives NaN or infinite probabilities (its outputs overflowed): it is "
+                "broken; train it again"
+            )
+        return probs
 
     def predict(self, x: Tensor | np.ndarray, **kw: Any) -> Tensor:
         """Class indices (N,): the argmax of :meth:`predict_proba` (same keywords)."""
@@ -161,16 +172,46 @@ def _load_weights(method: Method, state: dict[str, Tensor], where: Path) -> None
         ) from None
 
 
-def load(path: str | Path, device: str = "auto", precision: str | None = None) -> TrainedModel:
+def load(
+    path: str | Path,
+    device: str = "auto",
+    precision: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+) -> TrainedModel:
     """A run directory (``checkpoint.pt``) or an exported directory (``model.safetensors``).
 
     ``precision``: of the networks at inference (default: the precision the run was trained in).
+    ``data_dir``: a run directory's data set, for the normalisation (default: where its config
+    says; read only, module docstring). An export needs no data.
 
     Everything in the directory is untrusted (SECURITY.md): the config is typed and bounded
     (noprop/limits.py), and the weights' names, shapes and dtypes — the safetensors header, or the
     weights-only checkpoint's state — are compared with the model the config implies, built on the
     ``meta`` device, before the model is built for real.
     """
+    return load_trained(path, device, precision, data_dir=data_dir)
+
+
+def _ask_config(path: Path) -> str:
+    """What ``predict`` and ``export`` (no ``--data-dir`` flag) ask for when a run's data are not
+    where its config says."""
+    return (
+        f"point data_dir in {path / 'config.json'} at a directory holding them (predict and export "
+        "normalise with their training split)"
+    )
+
+
+def load_trained(
+    path: str | Path,
+    device: str = "auto",
+    precision: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    ask: str | None = None,
+) -> TrainedModel:
+    """:func:`load`; ``ask``: how a missing data set's message says to point at the data (default:
+    edit the run's config, the way for commands without ``--data-dir``)."""
     path = Path(path)
     dev = pick_device(device)
     run = RunDir(path)
@@ -196,7 +237,7 @@ def load(path: str | Path, device: str = "auto", precision: str | None = None) -
         cfg = run.config()
         payload = load_checkpoint(run.checkpoint_path)
         check_payload(run, payload, cfg)  # also the state's shapes against the config's model
-        task, data = load_data(cfg, run)  # the normalisation is the training split's
+        task, data = read_data(cfg, run, data_dir, ask=ask or _ask_config(path))
         info = Normalisation(data.mean, data.std, task.spec.max_value)  # type: ignore[attr-defined]
         method = _skeleton_method(cfg, task)
         state = payload["trainer"].get("best_model") or payload["trainer"]["model"]
@@ -228,16 +269,23 @@ def _read_normalisation(path: Path, in_shape: tuple[int, ...]) -> Normalisation:
     return Normalisation(mean, std, max_value)
 
 
-def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+) -> Path:
     """Write ``model.safetensors`` + ``config.json`` + ``normalisation.json`` to ``out``.
 
     The directory appears complete or not at all: it is written next to ``out`` and renamed.
+    ``data_dir``: the run's data set, for the normalisation (:func:`load`).
     """
     out = Path(out).resolve()
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a directory")
-        held = {p.name for p in out.iterdir()}
+        held = {p.name for p in out.iterdir()} - {LOCK_FILE}
         if held and not overwrite:
             raise ConfigError(f"--out {out} exists; choose another directory or add --overwrite")
         if held - EXPORT_FILES:  # --overwrite replaces an earlier export, never anything else
@@ -247,7 +295,16 @@ def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> 
             )
     if out == Path(run_dir).resolve() or Path(run_dir).resolve() in out.parents:
         raise ConfigError(f"--out {out} is inside the run directory {run_dir}; choose another")
-    model = load(run_dir, device="cpu")
+    model = load(run_dir, device="cpu", data_dir=data_dir)
+    with contextlib.ExitStack() as hold:
+        if out.is_dir():  # --overwrite: one writer of --out at a time (noprop/runlock.py)
+            hold.enter_context(run_lock(out, "export --overwrite"))
+        _write_export(model, out)
+    return out
+
+
+def _write_export(model: TrainedModel, out: Path) -> None:
+    """The export's files in a temporary sibling of ``out``, then renamed over it."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -268,4 +325,3 @@ def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> 
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"cannot write --out {out}: {e.strerror or e}") from None
-    return out

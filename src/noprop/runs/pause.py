@@ -4,6 +4,8 @@
 at that point: ``step`` (first step of the last block of that epoch), ``metrics`` (after the epoch's
 metrics record, before its checkpoint) or ``checkpoint`` (halfway through writing the checkpoint's
 temporary file). With RANK only that rank of a parallel run pauses. The kill-and-resume tests use it.
+With ``$NOPROP_TEST_RELEASE=FILE`` the process goes on once FILE exists (the one-writer tests hold a
+run mid-training that way and then let it finish).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..training.callbacks import Callback
 from ..training.order import Step
 
 PAUSE_ENV = "NOPROP_TEST_PAUSE_AT"
+RELEASE_ENV = "NOPROP_TEST_RELEASE"
 PAUSE_POINTS = ("step", "metrics", "checkpoint")
 
 
@@ -38,13 +41,14 @@ def pause_point() -> tuple[str, int] | None:
 
 
 def pause(point: str, epoch: int) -> None:
-    """Announce the point (and this process) and wait to be killed."""
+    """Announce the point (and this process) and wait to be killed, or released (module docstring)."""
     rank = os.environ.get("RANK", "0")
     print(
         f"NOPROP_PAUSED {point} {epoch} pid {os.getpid()} rank {rank}", file=sys.stderr, flush=True
     )
-    while True:
-        time.sleep(60)
+    release = os.environ.get(RELEASE_ENV)
+    while release is None or not os.path.exists(release):
+        time.sleep(60 if release is None else 0.05)
 
 
 class PauseAtStep(Callback):
@@ -56,4 +60,5 @@ class PauseAtStep(Callback):
     def on_step(self, trainer: Any, step: Step) -> None:
         last = trainer.method.num_units - 1
         if trainer.state.epoch + 1 == self.epoch and last in step.units:
-            pause("step", self.epoch)
+            epoch, self.epoch = self.epoch, -1  # once: a released process goes on
+            pause("step", epoch)

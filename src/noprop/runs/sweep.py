@@ -52,6 +52,7 @@ def sweep_steps(
     seed: int | None = None,
     compile: bool = False,
     precision: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a ct/fm/adjoint run for every (solver, steps); write and return the rows.
 
@@ -64,6 +65,8 @@ def sweep_steps(
         seed: seed of z_0 and the sampling noise (default: the run's ``--seed``).
         compile: compile the per-step inference first (``--compile``, ct only).
         precision: of the networks (``--precision``; default: the run's training precision).
+        data_dir: where the run's data are (``--data-dir``; default: where its config says; never
+            created or downloaded into, :mod:`noprop.runs.reading`).
 
     Returns:
         One dict per pair, solvers outer and steps inner, as written to ``eval_steps.json``.
@@ -72,7 +75,7 @@ def sweep_steps(
         ConfigError: a run of a method without an inference solver (dt, backprop), or bad
             steps/solver values.
     """
-    method, cfg, task, data, dev = load_run_with_task(run_dir, device)
+    method, cfg, task, data, dev = load_run_with_task(run_dir, device, data_dir=data_dir)
     precision = run_precision(cfg, precision)
     if not method.solvers:
         raise ConfigError(
@@ -82,45 +85,46 @@ def sweep_steps(
     if compile:
         compile_for_inference(method, cfg.train.eval_batch_size)
     _check_grid(method, steps, solvers)
-    seed = cfg.train.seed if seed is None else seed
-    x, y = (t.to(dev) for t in data.test)
-    defaults = (method.inference_steps, method.solver)
-    rows: list[dict[str, Any]] = []
-    try:
-        for solver in solvers:
-            for n in steps:
-                method.inference_steps, method.solver = n, solver
-                start = time.perf_counter()
-                result = evaluate(
-                    method, x, y, cfg.train.eval_batch_size, deterministic, seed, task=task,
-                    progress=True, desc=f"{solver}, {n} steps", precision=precision,
-                )  # fmt: skip
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                rows.append(
-                    {
-                        "solver": solver,
-                        "steps": n,
-                        "test_accuracy": result["accuracy"],
-                        **{  # the task's other scores, e.g. bits per byte on text
-                            f"test_{k}": v
-                            for k, v in result.items()
-                            if k != "accuracy" and not k.endswith("_per_step")
-                        },
-                        "seconds": round(time.perf_counter() - start, 4),
-                        "num_test": int(x.shape[0]),
-                    }
-                )
-    finally:
-        method.inference_steps, method.solver = defaults
-    RunDir(run_dir).write_eval_steps(
-        {
-            "method": cfg.method.method,
-            "dataset": cfg.data.dataset,
-            "device": str(dev),
-            "deterministic": deterministic,
-            "seed": seed,
-            "rows": rows,
-        },
-    )
-    return rows
+    with RunDir(run_dir).lock("eval --steps"):  # it writes eval_steps.json: one writer
+        seed = cfg.train.seed if seed is None else seed
+        x, y = (t.to(dev) for t in data.test)
+        defaults = (method.inference_steps, method.solver)
+        rows: list[dict[str, Any]] = []
+        try:
+            for solver in solvers:
+                for n in steps:
+                    method.inference_steps, method.solver = n, solver
+                    start = time.perf_counter()
+                    result = evaluate(
+                        method, x, y, cfg.train.eval_batch_size, deterministic, seed, task=task,
+                        progress=True, desc=f"{solver}, {n} steps", precision=precision,
+                    )  # fmt: skip
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    rows.append(
+                        {
+                            "solver": solver,
+                            "steps": n,
+                            "test_accuracy": result["accuracy"],
+                            **{  # the task's other scores, e.g. bits per byte on text
+                                f"test_{k}": v
+                                for k, v in result.items()
+                                if k != "accuracy" and not k.endswith("_per_step")
+                            },
+                            "seconds": round(time.perf_counter() - start, 4),
+                            "num_test": int(x.shape[0]),
+                        }
+                    )
+        finally:
+            method.inference_steps, method.solver = defaults
+        RunDir(run_dir).write_eval_steps(
+            {
+                "method": cfg.method.method,
+                "dataset": cfg.data.dataset,
+                "device": str(dev),
+                "deterministic": deterministic,
+                "seed": seed,
+                "rows": rows,
+            },
+        )
+        return rows

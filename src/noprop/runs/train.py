@@ -11,10 +11,19 @@ last completed epoch, losing at most the epoch in progress, with a continuous me
 CPU with the same seed and thread count, bit-identical weights. A run killed before its first
 checkpoint resumes from scratch.
 
-Divergence: a non-finite loss or gradient (the step function) or non-finite parameters at the end of an
-epoch (:class:`~noprop.training.callbacks.FiniteParameters`) stop the run with a
-:class:`~noprop.errors.DivergenceError` naming the block and the epoch; the checkpoint of the last good
-epoch is kept (nothing of the bad epoch is written).
+Divergence: a non-finite loss or gradient (the step function), or any non-finite tensor of the
+trainer's state at the end of an epoch — parameters *and* buffers (BatchNorm's running statistics), the
+head, the embedding, the selected model, the optimiser and loss-scaler states
+(:class:`~noprop.training.callbacks.FiniteState`) — stops the run with a
+:class:`~noprop.errors.DivergenceError` naming the tensor and the epoch; the checkpoint of the last
+good epoch is kept (nothing of the bad epoch is written). Under ``--precision 16-mixed`` the steps
+skipped for float16 overflow are said on stderr after each epoch that had any, counted in
+``metrics.jsonl``, ``summary.json`` and the end line, and a block that skips most of its steps stops
+the run (:class:`~noprop.training.callbacks.SkipBudget`).
+
+One writer: the run directory's lock (:mod:`noprop.runlock`) is held by rank 0 from the start of a
+resume (before the checkpoint is read), or from the creation of a new run, to the end; a second
+``train``/``--resume`` of the same directory is refused in one line naming the holder.
 
 Threads: the numbers depend on torch's CPU thread count, so a run records it in ``config.json``
 (``--threads``; when not given, the count the process has: all cores, or those other jobs left free
@@ -59,7 +68,7 @@ from ..precision import native_bf16
 from ..rundir import RunDir, Summary
 from ..runtime import thread_cap_note
 from ..tasks import Task, task_for
-from ..training.callbacks import Callback, FiniteParameters
+from ..training.callbacks import Callback, ReportSkippedSteps
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.record import EpochRecord
 from ..training.tensorboard import TensorBoardLogger, require_tensorboard
@@ -215,8 +224,10 @@ def train(
         if cfg.train.threads is None or recorded:
             say_thread_cap(threads, recorded=recorded)
         cfg = cfg.replace(threads=threads)  # what config.json records for a new run
-        with parallel_context(cfg) as ctx:
-            return _train(cfg, run, ctx, resume=resume, overwrite=overwrite, progress=progress)
+        with parallel_context(cfg) as ctx, contextlib.ExitStack() as hold:
+            return _train(
+                cfg, run, ctx, hold, resume=resume, overwrite=overwrite, progress=progress
+            )
 
 
 @contextlib.contextmanager
@@ -247,16 +258,20 @@ def _train(
     cfg: RunConfig,
     run: RunDir,
     ctx: DistContext | None,
+    hold: contextlib.ExitStack,
     *,
     resume: bool,
     overwrite: bool,
     progress: bool,
 ) -> dict[str, Any]:
+    """The run; ``hold`` keeps the run directory's lock (rank 0) until the caller's block ends."""
     pause_at = pause_point()
     is_main = ctx is None or ctx.is_main
     if cfg.train.tensorboard:  # every rank: a missing package fails before anything is written
         require_tensorboard()
     payload = None
+    if resume and is_main:  # before reading anything: a second writer is refused at once
+        hold.enter_context(run.lock("train --resume"))
     if resume:
         if run.checkpoint_path.exists():  # else: killed before the first epoch ended; start over
             payload = load_checkpoint(run.checkpoint_path)
@@ -276,13 +291,13 @@ def _train(
     else:
         task, data = ctx.local_main_first(lambda: load_data(cfg, same), "to load the data")
     method = build_for_data(cfg, task, data)
-    callbacks: list[Callback] = [FiniteParameters()]
+    callbacks: list[Callback] = []
     if pause_at is not None and pause_at[0] == "step":
         callbacks.insert(0, PauseAtStep(pause_at[1]))
     writer = None
     if is_main:
         writer = RunDirWriter(run, {}, pause_at)
-        callbacks.append(writer)
+        callbacks += [ReportSkippedSteps(), writer]
         if cfg.train.tensorboard:
             # a DT epoch is one pass over the training data per block (Trainer.fit's data_passes)
             samples = num_examples(data.train) * method.num_units
@@ -304,6 +319,8 @@ def _train(
         run.truncate_metrics(trainer.state.epoch)
         run.remove_stale_temp_files()
     elif is_main:
+        run.create(overwrite=overwrite, config=cfg.to_dict())
+        hold.enter_context(run.lock("train"))
         run.start(cfg.to_dict(), overwrite=overwrite)
     if is_main:  # your own images' decoded cache, before data.json records its SHA-256
         task.save_data(run.data_cache_dir)
@@ -327,10 +344,15 @@ def _train(
             else "no epoch completed, so there is no checkpoint"
         )
         message = str(e).removesuffix("; the last good checkpoint is kept")
-        raise DivergenceError(f"training diverged: {message}; {kept}; try a smaller --lr") from None
+        advice = "" if "--lr" in message else "; try a smaller --lr"
+        raise DivergenceError(f"training diverged: {message}; {kept}{advice}") from None
     if not is_main:
         return {}
     summary = final_summary(trainer, data, cfg, device)
+    if cfg.train.precision == "16-mixed":  # over the whole run, resumed epochs included
+        records = run.records()
+        summary.skipped_steps = sum(sum(r.skipped_steps or []) for r in records)
+        summary.steps = sum(sum(r.steps or []) for r in records)
     run.write_summary(summary)
     return summary.to_dict()
 

@@ -1,6 +1,6 @@
 """The training loop (orders, step functions, callbacks), its options and checkpoints."""
 
-from .callbacks import Callback, FiniteParameters
+from .callbacks import Callback, FiniteState, SkipBudget
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, Step, derive_seed
 from .record import EpochRecord
@@ -11,11 +11,12 @@ __all__ = [
     "Algorithm1",
     "Callback",
     "EpochRecord",
-    "FiniteParameters",
+    "FiniteState",
     "Interleaved",
     "LocalStep",
     "Optimizers",
     "Step",
+    "SkipBudget",
     "StepFunction",
     "TrainConfig",
     "TrainState",

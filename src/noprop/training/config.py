@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..arguments import SECONDS
 from ..device import check_device
-from ..options import at_least, check_choices, non_negative, positive
+from ..options import at_least, check_choices, flag, non_negative, positive
 from ..precision import Precision, check_precision
 
 Optimizer = Literal["auto", "adamw", "adam"]
@@ -81,4 +82,4 @@ class TrainConfig:
         at_least("eval_batch_size", self.eval_batch_size)
         if self.threads is not None:
             at_least("threads", self.threads)
-        positive("dist_timeout_s", self.dist_timeout_s)
+        SECONDS.check(flag("dist_timeout_s"), self.dist_timeout_s)  # finite, at most a year

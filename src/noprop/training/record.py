@@ -41,6 +41,8 @@ class EpochRecord:
     other_busy_cores: float | None = None
     #: ``--precision 16-mixed``: steps skipped per block because their float16 gradients overflowed
     skipped_steps: list[int] | None = None
+    #: ``--precision 16-mixed``: steps taken per block, the skipped ones included
+    steps: list[int] | None = None
     #: the loss's other parts per block, by part name, e.g. ``{"l2": [...], "ce": [...]}``
     loss_parts: dict[str, list[float | None]] = field(default_factory=dict)
     #: validation scores besides accuracy, by name, e.g. ``{"bits_per_byte": 1.9,
@@ -80,6 +82,8 @@ class EpochRecord:
         }
         if self.skipped_steps is not None:  # 16-mixed only
             d["skipped_steps"] = self.skipped_steps
+        if self.steps is not None:
+            d["steps"] = self.steps
         if self.other_busy_cores is not None:  # absent unless measured
             d["other_busy_cores"] = self.other_busy_cores
         if self.val_accuracy is not None:  # no validation split: the keys are absent, as in 0.1

@@ -176,7 +176,9 @@ class StepFunction:
             else None
         )
         self.skipped = [0] * n  # skipped steps per unit since the last take_skipped()
+        self.taken = [0] * n  # steps per unit (skipped included) since the last take_skipped()
         self.failing = [0] * n  # consecutive skipped steps per unit
+        self._unit_buffers: dict[int, list[Tensor]] = {}
 
     def num_scalers(self) -> int:
         return self.method.num_units
@@ -242,6 +244,9 @@ class StepFunction:
         losses: Tensor | None = None
         parts: list[Parts] = []
         bad = torch.zeros(len(units), dtype=torch.bool)
+        # 16-mixed: a skipped step must leave the model as it was, but its forward pass has already
+        # moved BatchNorm's running statistics (possibly to inf): keep them to put back
+        kept = self.keep_buffers(units) if tolerant and units else None
         if units:
             with autocast(self.precision, self.device):
                 losses, parts = self.losses(x, y, units)
@@ -264,9 +269,35 @@ class StepFunction:
         )  # fmt: skip
         bad = self.reduce(units, bad, give_up, step, epoch)
         ok = ~bad
+        if kept is not None and bool(bad.any()):
+            self.restore_buffers(kept, _which(units, bad))
         self.apply(units, ok)
         self._account(units, ok)
         return [(u, p) for u, p, good in zip(units, parts, ok.tolist(), strict=True) if good]
+
+    def buffers_of(self, unit: int) -> list[Tensor]:
+        """The buffers ``unit``'s forward pass may change (its modules' floating-point ones, e.g.
+        BatchNorm's running statistics; the shared modules' are not: [I] a skipped step restores a
+        unit's own state, and the shared head/embedding hold no running statistics in noprop)."""
+        if unit not in self._unit_buffers:
+            seen: dict[int, Tensor] = {}
+            for module in self.method.unit_modules(unit):
+                for b in module.buffers():
+                    if b.is_floating_point():
+                        seen.setdefault(id(b), b)
+            self._unit_buffers[unit] = list(seen.values())
+        return self._unit_buffers[unit]
+
+    def keep_buffers(self, units: tuple[int, ...]) -> dict[int, list[Tensor]]:
+        """Copies of the units' :meth:`buffers_of`, taken before the forward pass."""
+        return {u: [b.detach().clone() for b in self.buffers_of(u)] for u in units}
+
+    @torch.no_grad()
+    def restore_buffers(self, kept: dict[int, list[Tensor]], units: list[int]) -> None:
+        """Put the skipped units' buffers back as :meth:`keep_buffers` found them."""
+        for u in units:
+            for b, old in zip(self.buffers_of(u), kept[u], strict=True):
+                b.copy_(old)
 
     def backward(self, losses: Tensor, units: tuple[int, ...]) -> None:
         """Backward of the units' losses; under 16-mixed each scaled by its unit's scaler and the
@@ -290,6 +321,7 @@ class StepFunction:
             return
         done: set[int] = set()
         for unit, good in zip(units, ok.tolist(), strict=True):
+            self.taken[unit] += 1
             if good:
                 self.failing[unit] = 0
             else:
@@ -313,11 +345,12 @@ class StepFunction:
             "smaller --lr)"
         )
 
-    def take_skipped(self) -> list[int] | None:
-        """Steps skipped per unit since the last call (None unless 16-mixed)."""
+    def take_skipped(self) -> tuple[list[int], list[int]] | tuple[None, None]:
+        """Steps skipped and steps taken per unit since the last call (None, None unless 16-mixed)."""
         if self.scalers is None:
-            return None
-        out, self.skipped = self.skipped, [0] * len(self.skipped)
+            return None, None
+        out = self.skipped, self.taken
+        self.skipped, self.taken = [0] * len(self.skipped), [0] * len(self.taken)
         return out
 
     def sync_modules(self) -> None:

@@ -15,6 +15,7 @@ index: in-memory tensors by default, or memory-mapped arrays, decoded image fold
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.sources import DataSource, Split, TensorSource, as_source, split_tensors
+from ..errors import DivergenceError
 from ..methods.base import Method
 from ..precision import autocast, float32
 from ..runtime import load_meter
 from ..tasks import ClassificationTask, Task
-from .callbacks import Callback, Losses
+from .callbacks import Callback, FiniteState, Losses, SkipBudget
 from .config import TrainConfig
 from .order import Algorithm1, Interleaved, RandomBlock, Step, derive_seed
 from .record import EpochRecord
@@ -111,7 +113,8 @@ class Trainer:
         self.opt = Optimizers(self.method, self.cfg)
         self.order = order if order is not None else default_order(self.method, self.cfg)
         self.step_fn: StepFunction = (step or LocalStep)(self.method, self.opt, self.cfg.precision)
-        self.callbacks = list(callbacks)
+        # the guards first: nothing of an epoch whose state is broken reaches a later callback
+        self.callbacks: list[Callback] = [FiniteState(), SkipBudget(), *callbacks]
         self.evaluator = evaluator or Trainer.local_evaluate
         self.state = TrainState(
             metric=self.task.metric, higher_is_better=self.task.higher_is_better
@@ -266,6 +269,7 @@ class Trainer:
             self.state.epoch += 1
             self.state.train_seconds += seconds
             self.state.data_passes += passes_per_epoch
+            skipped, taken = self.step_fn.take_skipped()
             record = EpochRecord(
                 epoch=self.state.epoch,
                 block_loss=losses.get("loss", []),
@@ -274,12 +278,16 @@ class Trainer:
                 wall_seconds=round(self.state.train_seconds, 3),
                 data_passes=self.state.data_passes,
                 # --precision 16-mixed: overflowing steps skipped per block (None otherwise)
-                skipped_steps=self.step_fn.take_skipped(),
+                skipped_steps=skipped,
+                steps=taken,
                 # block-parallel: the other ranks count as "other"
                 other_busy_cores=None if other_busy is None else round(other_busy, 3),
             )
             if xv.shape[0] > 0:
-                ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
+                try:
+                    ev = self.evaluate(xv, yv, seed=derive_seed(cfg.seed, epoch, -2))
+                except DivergenceError as e:  # a broken read-out: say when
+                    raise DivergenceError(f"{e} at epoch {self.state.epoch}") from None
                 record.val_accuracy = ev["accuracy"]
                 record.val_accuracy_per_step = ev["accuracy_per_step"]
                 record.val_scores = {  # e.g. bits per byte
@@ -389,6 +397,13 @@ def evaluate(
                 logits = float32(
                     method.predict_steps(xb, deterministic=deterministic)
                 )  # (S, B, [L,] m)
+            # a NaN or +inf in the prediction is a broken model, never an accuracy (-inf is a
+            # log-probability of zero: allowed)
+            final = logits[-1]
+            if bool((torch.isnan(final) | (final == math.inf)).any()):
+                raise DivergenceError(
+                    f"the model's {desc} read-out is NaN or infinite (its outputs overflowed)"
+                )
             hits = task.score(logits, yb)
             score = hits if score is None else score + hits
             for k, v in task.extra_scores(logits, yb).items():

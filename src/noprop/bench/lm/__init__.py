@@ -41,6 +41,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...arguments import (
+    CHAINS,
+    LAYERS,
+    MINUTES,
+    PATH,
+    POSITIVE,
+    SEED,
+    STEPS,
+    count,
+    field_count,
+    int_list,
+)
 from ...data.text import TEXT_DATASETS
 from ...precision import PRECISIONS
 from .compare import NANOGPT_ANCHOR, run, train_child
@@ -53,48 +65,55 @@ HELP_TEXT = (
 )
 #: the runs of the default comparison (``--models backprop,dt``)
 NAMES = ("backprop", "noprop")
+#: ``--sample-bytes``: each byte is one forward pass of every model
+MAX_SAMPLE_BYTES = 1 << 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="directory of the runs and the report")
+    p.add_argument("--out", required=True, type=PATH, help="directory of the runs and the report")
     p.add_argument("--models", default=DEFAULT_MODELS,
                    help=f"comma-separated models to train, of {', '.join(ENTRIES)} (default "
                    f"{DEFAULT_MODELS}; dt's run is named noprop)")  # fmt: skip
-    p.add_argument("--layers-per-block", default="1",
+    p.add_argument("--layers-per-block", default="1", type=int_list(LAYERS, as_text=True),
                    help="transformer layers per block of the block-wise models (dt, "
                    "diffusionblocks), comma-separated for a depth sweep, e.g. 1,2,3,6: T = --layers "
                    "/ k blocks each (default 1)")  # fmt: skip
     p.add_argument("--dataset", default="stdlib", choices=TEXT_DATASETS,
                    help="text corpus (default: stdlib, this Python's standard library source)")  # fmt: skip
     p.add_argument("--data-dir", help="text: the file or directory; tiny-shakespeare: its folder")
-    p.add_argument("--minutes", type=float, default=12.0,
+    p.add_argument("--minutes", type=MINUTES, default=12.0,
                    help="the FLOP budget is sized so that the n trainings take n × M minutes in "
                    "all (default 12: the default two take about 26 minutes on 2 CPU cores)")  # fmt: skip
-    p.add_argument("--layers", type=int, default=6,
+    p.add_argument("--layers", type=LAYERS, default=6,
                    help="transformer layers of every model (NoProp-DT: T = layers / k blocks)")  # fmt: skip
-    p.add_argument("--width", type=int, default=128, help="back-prop transformer width")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (every model)")
-    p.add_argument("--context", type=int, default=128, help="bytes of context")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per training step")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (every model)")
+    p.add_argument("--width", type=field_count("width"), default=128,
+                   help="back-prop transformer width")  # fmt: skip
+    p.add_argument("--heads", type=field_count("heads"), default=4,
+                   help="attention heads (every model)")  # fmt: skip
+    p.add_argument("--context", type=field_count("context"), default=128, help="bytes of context")
+    p.add_argument("--batch-size", type=field_count("batch_size"), default=32,
+                   help="windows per training step")  # fmt: skip
+    p.add_argument("--lr", type=POSITIVE, default=1e-3, help="AdamW learning rate (every model)")
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
                    help="every model (default cosine: --lr down to 0.1·--lr over the run)")  # fmt: skip
     p.add_argument("--embedding", default="one-hot", choices=("one-hot", "learned"),
                    help="W_Embed of the NoProp-style models (default one-hot, 256-d; learned: "
                    "--embed-dim, default 64)")  # fmt: skip
-    p.add_argument("--embed-dim", type=int, default=None, help="dimension of a learned W_Embed")
-    p.add_argument("--inference-steps", type=int, default=20,
+    p.add_argument("--embed-dim", type=field_count("embed_dim"), default=None,
+                   help="dimension of a learned W_Embed")  # fmt: skip
+    p.add_argument("--inference-steps", type=STEPS, default=20,
                    help="ct, fm: solver steps at inference and validation (default 20)")  # fmt: skip
-    p.add_argument("--chains", type=int, default=4, help="stochastic chains in NoProp's mixture")
-    p.add_argument("--sample-bytes", type=int, default=200, help="bytes generated per model")
+    p.add_argument("--chains", type=CHAINS, default=4, help="stochastic chains in NoProp's mixture")
+    p.add_argument("--sample-bytes", type=count(0, MAX_SAMPLE_BYTES), default=200,
+                   help="bytes generated per model")  # fmt: skip
     p.add_argument(
         "--prompt", help="generation prompt (default: the first 64 bytes of the test split)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="32", choices=PRECISIONS,
                    help="every model, training and evaluation (default 32: the paper's)")  # fmt: skip
-    p.add_argument("--eval-windows", type=int, default=None,
+    p.add_argument("--eval-windows", type=count(), default=None,
                    help="evaluate on the first N test windows only (default: all)")  # fmt: skip
     p.add_argument(
         "--overwrite", action="store_true", help="replace runs of another config in --out"

@@ -55,17 +55,11 @@ PLANNED_EXTRA = ("t_samples", "inference_steps", "fm_source")
 
 
 def check_arguments(ns: argparse.Namespace) -> list[RunSpec]:
-    """One-line errors for bad options, before anything is written; the runs to make."""
+    """One-line errors for bad options, before anything is written; the runs to make (each number
+    is checked by its flag's type, noprop.arguments: here, what depends on more than one)."""
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    if ns.minutes <= 0:
-        raise ConfigError("--minutes must be > 0")
-    for name in ("layers", "width", "heads", "context", "batch_size", "chains", "inference_steps"):
-        if getattr(ns, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    if ns.sample_bytes < 0:
-        raise ConfigError("--sample-bytes must be >= 0")
     entries = parse_models(ns.models)
     return run_specs(entries, parse_layers_per_block(ns.layers_per_block, ns.layers))
 
@@ -263,7 +257,10 @@ def evaluate_run(ns, out: Path, spec: RunSpec, progress: bool) -> dict[str, Any]
     rundir = RunDir(out / spec.name)
     summary_dict = rundir.read_summary()
     assert summary_dict is not None
-    method, cfg, task, data, dev = load_run_with_task(out / spec.name, ns.device)
+    # the data where this invocation's --data-dir says (a resumed run's config keeps its first one)
+    method, cfg, task, data, dev = load_run_with_task(
+        out / spec.name, ns.device, data_dir=ns.data_dir
+    )
     key = _eval_key(ns, summary_dict, dev)
     cache_path = out / "evaluation" / f"{spec.name}.json"
     cached = read_json(cache_path)

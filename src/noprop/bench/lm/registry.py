@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...arguments import LAYERS, int_list
 from ...config import RunConfig, make_config
 from ...errors import ConfigError
 from ...models.config import TEXT_EMBED_DIM
@@ -146,14 +147,7 @@ def parse_models(text: str) -> list[Entry]:
 
 def parse_layers_per_block(text: str, layers: int) -> list[int]:
     """``--layers-per-block 1,2,3,6`` → sorted distinct k, each dividing ``--layers``."""
-    try:
-        ks = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise ConfigError(
-            f"--layers-per-block takes whole numbers separated by commas (got {text!r})"
-        ) from None
-    if not ks or ks[0] < 1:
-        raise ConfigError(f"--layers-per-block values must be >= 1 (got {text!r})")
+    ks = sorted(set(int_list(LAYERS).read("--layers-per-block", text)))  # the flag's own rule
     bad = [k for k in ks if layers % k]
     if bad:
         raise ConfigError(
