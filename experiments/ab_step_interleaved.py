@@ -24,9 +24,8 @@ def trainer_for(pkg: str, method: str, data_dir: str):
     mod = __import__(pkg)
     cfg = mod.make_config(method=method, dataset="mnist", data_dir=data_dir, download=False)
     if pkg == "noprop":
-        from noprop.runs import load_data
-
-        task, data = load_data(cfg)
+        task = mod.TASKS["classification"](cfg.data.dataset)  # public names only
+        data = task.load(cfg.data, cfg.train.seed)
         method_obj = mod.build_method(cfg, task, None, *data.train)
         trainer = mod.Trainer(method_obj, cfg, torch.device("cpu"), task=task, progress=False)
     else:

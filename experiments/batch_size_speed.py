@@ -14,8 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from noprop.config import make_config
-from noprop.runs import train
+from noprop import make_config, train
 
 
 def main() -> None:

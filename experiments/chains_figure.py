@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noprop import RunDir, load
-from noprop.runs import load_data
+from noprop import RunDir, load, load_dataset
 
 
 def flops_per_image(run: Path) -> float:
     model = load(run, device="cpu")
-    _, data = load_data(model.config)
+    d = model.config.data
+    data = load_dataset(d.dataset, d.data_dir, download=False)
     x = data.test[0][:8]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.method.predict_steps(x, deterministic=False)

@@ -24,8 +24,13 @@ from pathlib import Path
 
 import torch
 
-from noprop import Trainer, build_method, make_config
-from noprop.runs import load_data
+from noprop import TASKS, Trainer, build_method, make_config
+
+
+def load_data(cfg):
+    """The task and data splits of ``cfg`` (an image data set) through the public API."""
+    task = TASKS["classification"](cfg.data.dataset)
+    return task, task.load(cfg.data, cfg.train.seed)
 
 
 def main() -> None:

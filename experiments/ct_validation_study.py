@@ -26,9 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noprop import build_method, make_config, train
-from noprop.runs import load_run
-from noprop.training.trainer import evaluate
+from noprop import build_method, evaluate, load_run, make_config, train
 
 EVAL_SEED = 123
 STUDY: dict[str, dict[str, Any]] = {
@@ -75,13 +73,24 @@ def step_flops() -> None:
             print(f"{method} t_samples={k}: {counter.get_total_flops() / 1e9:.2f} GFLOP per step")
 
 
+def posterior_coefficients(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """a_t, b_t, c_t of q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I) (Eq. 6, App. A.3) for
+    ᾱ_0..ᾱ_T; entry 0 unused (NaN). The paper's formula, written out here: noprop's own copy is not
+    public API."""
+    ab_prev, ab = alpha_bar[:-1], alpha_bar[1:]
+    alpha_prev = ab_prev / ab  # α_{t-1} = ᾱ_{t-1} / ᾱ_t
+    a = ab.sqrt() * (1 - alpha_prev) / (1 - ab_prev)
+    b = alpha_prev.sqrt() * (1 - ab) / (1 - ab_prev)
+    c = (1 - ab) * (1 - alpha_prev) / (1 - ab_prev)
+    nan = torch.full((1,), float("nan"), dtype=alpha_bar.dtype)
+    return torch.cat([nan, a]), torch.cat([nan, b]), torch.cat([nan, c])
+
+
 @torch.no_grad()
 def diagnose(run_dir: str, steps: int = 100) -> None:
     """Validation accuracy of a CT run's pieces: û at t = 0 from noise vs from z_0 = 0 (how much the
     network leans on a z that carries no label), and, after the default ancestral chain, the head on z_1
     vs the argmax of û(z_1, x, 1) (what the noise left in z_1 costs the read-out)."""
-    from noprop.schedules import posterior_coefficients
-
     method, _, data, _ = load_run(run_dir, "cpu")
     x, y = data.val
     torch.manual_seed(EVAL_SEED)

@@ -24,12 +24,16 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noprop import build_method, make_config
-from noprop.runs import load_data
-from noprop.training.trainer import evaluate
+from noprop import TASKS, build_method, evaluate, make_config
 
 METHODS = ("dt", "backprop", "ct", "fm", "adjoint")
 EMBEDDINGS = ("one-hot", "learned", "prototype")
+
+
+def load_data(cfg):
+    """The task and data splits of ``cfg`` (an image data set) through the public API."""
+    task = TASKS["classification"](cfg.data.dataset)
+    return task, task.load(cfg.data, cfg.train.seed)
 
 
 def flops_per_image(method, x: torch.Tensor) -> float:

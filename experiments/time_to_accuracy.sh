@@ -6,7 +6,8 @@
 #
 #   bash experiments/time_to_accuracy.sh [DATA_DIR]      # default ../shared/data/mnist
 #
-# Each part is written into experiments/tta/ and the table/figure are redrawn after each one:
+# Each part is written into experiments/tta/ and the table/figure are redrawn after each one (the run
+# directories and per-run figures are not committed, .gitignore; the tables and figures/ are):
 #   noprop plot experiments/tta/{paper,ct-fm,dt-interleaved,dt-blocks2} --out experiments/tta/figures
 # Every epoch records the load it was timed under (other_busy_cores in metrics.jsonl). --test-curve
 # does not change the experiment: a finished cell trained without it is reused, without a curve.
@@ -30,8 +31,8 @@ redraw() {  # the runs that exist so far; a failed redraw never stops the traini
 
 chains() {  # more compute at inference (BENCHMARKS.md, "averaging N stochastic chains"): test
   # accuracy and seconds for 1, 4, 16 chains and the deterministic chain, on a trained model. It runs
-  # right after the model is trained because checkpoints are not committed: a later session (a fresh
-  # clone) has only the metrics, so the evaluation must happen in the session that trained the model.
+  # right after the model is trained because run directories and checkpoints are not committed: a
+  # fresh clone has none, so the evaluation must happen in the session that trained the model.
   local cell
   for cell in "$@"; do
     if [[ -f "$cell/eval_chains.json" ]]; then continue; fi
@@ -76,3 +77,5 @@ cell="$OUT/diffusionblocks/cells/diffusionblocks-one-hot-s0"
 if [[ ! -f "$cell/eval_steps.json" && -f "$cell/checkpoint.pt" ]]; then
   "$PY" -m noprop eval "$cell" --steps 1,2,3,6,12,30,100
 fi
+# the sweep's result, kept in git next to the grid's table (run directories are not committed)
+if [[ -f "$cell/eval_steps.json" ]]; then cp "$cell/eval_steps.json" "$OUT/diffusionblocks/eval_steps.json"; fi

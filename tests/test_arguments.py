@@ -9,8 +9,8 @@ validator of :mod:`noprop.arguments` (and any left with a bare ``int``/``float``
 :func:`noprop.cli.main` in-process, next to the subcommand's required arguments (paths under
 ``tmp_path`` that do not exist). The work behind validation is replaced by :func:`reached`: ``train``
 after its config is built (``RunConfig().replace``, where the config flags are checked), ``bench
-reproduce`` after the grid's configs (:func:`noprop.bench.reproduce.check_grid`), ``lm compare``
-after :func:`~noprop.bench.lm.compare.check_arguments`, every other subcommand right after parsing
+reproduce`` after the grid's configs (:func:`noprop_lab.bench.reproduce.check_grid`), ``lm compare``
+after :func:`~noprop_lab.bench.lm.compare.check_arguments`, every other subcommand right after parsing
 (their numbers are checked by their types only). The property: either exit 2 with exactly one line
 on stderr naming the flag and nothing on stdout, or validation passes; never a traceback, never a
 file. Values that no flag accepts (non-numbers, NaN, ±inf, negative or 64-bit-overflowing whole
@@ -39,12 +39,13 @@ from hypothesis import strategies as st
 
 from noprop import arguments as A
 from noprop import cli
-from noprop.bench import efficiency, parallel, reproduce
-from noprop.bench import grid as grid_module
-from noprop.bench.lm import compare
 from noprop.config import RunConfig, method_fields
 from noprop.errors import ConfigError
 from noprop.flags import PARSERS
+from noprop_lab import plots
+from noprop_lab.bench import efficiency, parallel, reproduce
+from noprop_lab.bench import grid as grid_module
+from noprop_lab.bench.lm import compare
 
 from .test_reliability import assert_one_line_error
 
@@ -327,6 +328,7 @@ def stubbed() -> Iterator[None]:
         m.setattr(compare, "check_arguments", lm_then_stop)
         m.setattr(efficiency, "run", reached)
         m.setattr(parallel, "run", reached)
+        m.setattr(plots, "cmd_plot", reached)  # the lab's command, added by its entry point
         for name in cli.COMMANDS:
             if name not in ("train", "bench", "lm"):
                 m.setitem(cli.COMMANDS, name, reached)

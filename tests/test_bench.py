@@ -29,7 +29,7 @@ def test_image_cache_timing_compares_the_same_computation():
     """The uncached loop the benchmark times gives the same predictions, and recomputes the branch."""
     import torch
 
-    from noprop.bench.efficiency import image_branch_every_step, time_image_cache
+    from noprop_lab.bench.efficiency import image_branch_every_step, time_image_cache
 
     from .problems import tiny_method
 

@@ -1,9 +1,14 @@
-"""The package's import graph is acyclic and layered (issue 10).
+"""The package's import graph is acyclic and layered (issue 10); the library and the lab apart (issue 29).
 
 Every ``import``/``from ... import`` in ``src/noprop`` is an edge — module-level and function-local
 alike (imports under ``if TYPE_CHECKING:`` are for annotations only and never run, so they are not).
 The test fails on a cycle between modules, on a module importing a layer above its own, and on a
 function-local import of the package's own modules without a comment saying why it is local.
+
+Issue 29: the library (``src/noprop``) imports nothing from the lab (``src/noprop_lab``) — no import
+statement anywhere, not even under ``TYPE_CHECKING`` or in a function, and no ``"noprop_lab…"`` string
+an import could be built from; the lab imports the library's public API only (:data:`PUBLIC`); a
+task's selection evaluator is a library function that a run of another task never loads.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "noprop"
+LAB = SRC.parent / "noprop_lab"
 
 #: low → high; a module may import its own layer and the layers below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -42,7 +48,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("config", "flags", "presets", "build", "rundir")),
     ("parallel", ("parallel",)),
     ("runs", ("runs",)),
-    ("bench", ("bench", "plots")),
     ("cli", ("cli", "__main__", "__init__")),
 ]
 LAYER_OF = {top: i for i, (_, tops) in enumerate(LAYERS) for top in tops}
@@ -186,3 +191,148 @@ def test_every_required_dependency_is_imported():
     for requirement in project["dependencies"]:
         dist = re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0]
         assert import_name.get(dist, dist) in imported, f"{dist} is required but never imported"
+
+
+# ------------------------------------------------------------------------ the library and the lab
+
+
+def lab_references(source: str) -> list[str]:
+    """Every place ``source`` names the lab: ``import noprop_lab…``, ``from noprop_lab… import``
+    (anywhere: module level, functions, ``TYPE_CHECKING``) and a string constant ``"noprop_lab…"``
+    (what ``importlib.import_module`` or an evaluator reference would be built from)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "noprop_lab"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] == "noprop_lab":
+                found.append(node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.split(".")[0].split(":")[0] == "noprop_lab":
+                found.append(node.value)
+    return found
+
+
+def library_references_to_the_lab(root: Path) -> list[str]:
+    return [f"{path.relative_to(root.parent)}: {name}"
+            for path in sorted(root.rglob("*.py")) for name in lab_references(path.read_text())]  # fmt: skip
+
+
+def test_the_library_imports_nothing_from_the_lab():
+    bad = library_references_to_the_lab(SRC)
+    assert not bad, "the library must not import the lab (issue 29):\n" + "\n".join(bad)
+
+
+PLANTED = [
+    "import noprop_lab\n",
+    "import noprop_lab.plots as p\n",
+    "from noprop_lab.bench import efficiency\n",
+    "def f():\n    from noprop_lab.commands import add_commands  # local\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from noprop_lab import plots\n",
+    "import importlib\nimportlib.import_module('noprop_lab.bench.lm')\n",
+    "EVALUATOR = 'noprop_lab.bench.lm.readout:fair'\n",
+]
+
+
+@pytest.mark.parametrize("source", PLANTED)
+def test_the_checker_catches_a_planted_import_of_the_lab(source, tmp_path):
+    """Control: a planted reference to the lab, in a copy of the library's tree, fails the check;
+    the unplanted copy and look-alike names (``noprop``, ``noprop_labels``, prose) pass."""
+    tree = tmp_path / "noprop"
+    (tree / "runs").mkdir(parents=True)
+    (tree / "__init__.py").write_text("from .runs import train\n")
+    (tree / "runs" / "__init__.py").write_text(
+        '"""Mentions noprop_lab in prose."""\nimport noprop\nimport noprop_labels\n'
+    )
+    assert library_references_to_the_lab(tree) == []
+    (tree / "runs" / "train.py").write_text(source)
+    assert library_references_to_the_lab(tree), source
+
+
+#: the library's public API: ``noprop``'s ``__all__`` and the ``__all__`` of these documented
+#: modules (``noprop``'s docstring lists them); the lab may import these names and nothing else
+PUBLIC = (
+    "noprop",
+    "noprop.arguments",
+    "noprop.data",
+    "noprop.methods",
+    "noprop.models",
+    "noprop.parallel",
+    "noprop.runs",
+    "noprop.runs.readouts",
+    "noprop.tasks",
+    "noprop.training",
+)
+
+
+def non_public_imports(source: str, public: dict[str, set[str]]) -> list[str]:
+    """The imports of the library in ``source`` that are not ``from M import NAME`` with M in
+    ``public`` and NAME in its ``__all__`` (relative imports stay inside the lab and pass)."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            bad += [f"import {a.name}" for a in node.names if a.name.split(".")[0] == "noprop"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] != "noprop":
+                continue
+            names = public.get(node.module)
+            bad += [f"from {node.module} import {a.name}" for a in node.names
+                    if names is None or a.name not in names]  # fmt: skip
+    return bad
+
+
+def public_api() -> dict[str, set[str]]:
+    import importlib
+
+    return {m: set(importlib.import_module(m).__all__) for m in PUBLIC}
+
+
+def test_the_lab_uses_the_library_s_public_api_only():
+    public = public_api()
+    bad = [f"{path.relative_to(LAB.parent)}: {imp}"
+           for path in sorted(LAB.rglob("*.py")) for imp in non_public_imports(path.read_text(), public)]  # fmt: skip
+    assert not bad, "the lab imports the library's public API only (issue 29):\n" + "\n".join(bad)
+
+
+def test_the_public_api_checker_catches_a_private_import():
+    public = public_api()
+    assert (
+        non_public_imports("from noprop import RunDir, train\nfrom . import plots\n", public) == []
+    )
+    for source in (
+        "from noprop.runs.train import build_for_data\n",  # a module the API does not list
+        "from noprop.runs import _to_device\n",  # a listed module, a name outside its __all__
+        "import noprop.runs\n",
+        "def f():\n    from noprop.bench import grid\n",
+    ):
+        assert non_public_imports(source, public), source
+
+
+def test_a_task_s_evaluator_is_a_library_function():
+    """The text task's selection evaluator (issue 29): named by the task, resolved in the library."""
+    from noprop.tasks import TASKS
+
+    for task_cls in TASKS.values():
+        if task_cls.evaluator is not None:
+            assert task_cls.evaluator.split(".")[0] == "noprop", task_cls.evaluator
+            assert callable(task_cls.load_evaluator())
+
+
+def test_an_image_run_loads_neither_the_text_read_outs_nor_the_lab(tmp_path):
+    """A digits run trains without importing :mod:`noprop.runs.readouts`, the selection evaluator
+    of text runs (before issue 29 every run imported it), or anything of the lab."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, noprop\n"
+        "cfg = noprop.make_config(method='dt', dataset='digits', max_train_samples=200, block='mlp',"
+        " T=2, epochs=1, seed=3)\n"
+        f"noprop.train(cfg, {str(tmp_path / 'run')!r}, progress=False)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('noprop_lab', 'noprop.runs.readouts',"
+        " 'noprop.runs.selection')))\n"
+        "print('LOADED', loaded)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED []" in out.stdout, out.stdout

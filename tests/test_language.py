@@ -479,7 +479,7 @@ def test_fit_temperatures_finds_an_overconfident_model_and_never_hurts_the_fitte
     """Scaling NoProp's head up makes it overconfident: the fitted τ grows with the scale, and on
     the split it was fitted on the calibrated bits are never worse than the raw ones (τ = 1 is in
     the grid); accuracy is untouched."""
-    from noprop.runs.language import TEMPERATURES, fit_temperatures, test_scores
+    from noprop_lab.bench.lm.language import TEMPERATURES, fit_temperatures, test_scores
 
     assert (TEMPERATURES == 1.0).any()
     m, _, _ = _method("dt", T=2)
@@ -507,7 +507,7 @@ def test_scores_with_trajectory_are_the_separate_passes_with_one_deterministic_c
     """``lm compare`` takes the test scores and the trajectory from one pass: the same numbers as
     :func:`test_scores` and :func:`trajectory` called apart, with the deterministic chain run once
     per batch instead of twice (issue 11 follow-up)."""
-    from noprop.runs.language import test_scores, trajectory
+    from noprop_lab.bench.lm.language import test_scores, trajectory
 
     m, _, _ = _method(name, T=2)
     _generic(m)

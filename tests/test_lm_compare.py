@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from noprop.bench import lm as lm_compare
-from noprop.bench.lm import compare, figures, matching, registry, report
 from noprop.cli import build_parser, main
 from noprop.config import RunConfig
 from noprop.errors import ConfigError
 from noprop.flags import given_flags
 from noprop.methods import METHODS
 from noprop.tasks import task_for
+from noprop_lab.bench import lm as lm_compare
+from noprop_lab.bench.lm import compare, figures, matching, registry, report
 
 from .test_language import _write_corpus
 from .test_reliability import assert_one_line_error
@@ -94,7 +94,7 @@ def test_the_report_is_written_and_consistent(compared):
 def test_the_printed_line_reports_the_readout_chosen_on_validation(compared):
     """``lm compare``'s last line: each run's fair read-out (name, S, raw and calibrated bits) and
     the paper's read-out where it differs, not the first version's deterministic chain."""
-    from noprop.bench.lm import summary_line
+    from noprop_lab.bench.lm import summary_line
 
     _, out = compared
     r = json.loads((out / "report.json").read_text())
@@ -394,7 +394,7 @@ def test_every_text_method_is_trained_matched_and_read_fairly(tmp_path, corpus):
 def test_trajectory_figure_draws_the_fair_readouts_and_the_tuned_lens(tmp_path):
     """The per-block read-outs (p_t on one stochastic chain) and the tuned lens are drawn when the
     report has them (issue 22), and an older report without them still draws."""
-    from noprop.plots import _fair_series, plot_lm_trajectory
+    from noprop_lab.plots import _fair_series, plot_lm_trajectory
 
     rows = [{"depth": d, "bits_per_byte": 5.0 - d / 2, "accuracy": 0.1 * d, "cosine": 0.1,
              "cosine_centered": 0.1} for d in range(3)]  # fmt: skip

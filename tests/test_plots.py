@@ -62,7 +62,7 @@ def test_plot_cli_writes_every_figure(runs, tmp_path, capsys):
 
 
 def test_plot_skips_missing_sweep_and_expands_bench_dirs(runs, tmp_path):
-    from noprop.plots import plot_runs
+    from noprop_lab.plots import plot_runs
 
     _, fm = runs
     bench = tmp_path / "bench"
@@ -80,7 +80,7 @@ def test_plot_skips_missing_sweep_and_expands_bench_dirs(runs, tmp_path):
 
 
 def test_cells_of_two_tables_are_labelled_by_their_table(runs, tmp_path):
-    from noprop.plots import plot_runs
+    from noprop_lab.plots import plot_runs
 
     _, fm = runs
     for table in ("paper", "interleaved"):
@@ -107,7 +107,7 @@ def test_plot_errors(tmp_path, capsys):
 
 
 def test_prototype_images_are_denormalised():
-    from noprop.plots import _to_images
+    from noprop_lab.plots import _to_images
 
     w = torch.zeros(2, 3 * 4 * 4)
     w[1] = 1.0  # one standard deviation above the mean

@@ -25,7 +25,6 @@ from noprop.methods import NoPropDT
 from noprop.methods.base import repeat_rows
 from noprop.models.embeddings import ClassEmbedding
 from noprop.models.heads import SoftmaxHead
-from noprop.runs import language
 from noprop.runs.readouts import (
     ReadoutChoice,
     chain_readouts,
@@ -39,6 +38,7 @@ from noprop.schedules import CosineSchedule, DiscreteSchedule
 from noprop.tasks import LanguageTask
 from noprop.tasks.language import mixture_bits
 from noprop.training.trainer import Trainer
+from noprop_lab.bench.lm import language
 
 L = 16
 LN2 = math.log(2.0)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from noprop import runs as run_mod
-from noprop.bench import grid, paper
-from noprop.bench import table as tbl
 from noprop.cli import main
 from noprop.errors import ConfigError
+from noprop_lab.bench import cell, grid, paper
+from noprop_lab.bench import table as tbl
 
 FLAGS = ["--epochs", "1", "--T", "2", "--max-train-samples", "200", "--inference-steps", "5"]
 GRID = ["--methods", "dt,fm", "--embeddings", "one-hot,prototype", "--seeds", "0,1"]
@@ -53,8 +53,8 @@ def counters(monkeypatch):
         calls["evaluate_run"] += 1
         return real_eval(*a, **kw)
 
-    monkeypatch.setattr(run_mod, "train", train)
-    monkeypatch.setattr(run_mod, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(cell, "train", train)  # where the grid's cells call them
+    monkeypatch.setattr(cell, "evaluate_run", evaluate_run)
     return calls
 
 
@@ -141,10 +141,8 @@ def test_grid_errors(tmp_path, monkeypatch):
         grid.build_grid(["dt"], ["one-hot"], [0], {"seed": 1})
     with pytest.raises(ConfigError, match="not available"):
         grid.build_grid(["dt", "nope"], ["one-hot"], [0])
-    import noprop.methods as methods
-
     # a method named by --methods but (not yet) registered is a one-line error, not an ImportError
-    monkeypatch.setattr(methods, "METHODS", {"dt": methods.METHODS["dt"]})
+    monkeypatch.setattr(grid, "METHODS", {"dt": grid.METHODS["dt"]})
     with pytest.raises(ConfigError, match="'fm' is not available; choose from dt"):
         grid.build_grid(["dt", "fm"], ["one-hot"], [0])
     with pytest.raises(ConfigError, match="twice"):

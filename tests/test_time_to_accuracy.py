@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from noprop import RunDir, make_config
-from noprop.bench import time_to_accuracy as tta
 from noprop.cli import main
 from noprop.rundir import EpochRecord
 from noprop.runs import train
 from noprop.runtime import load_meter
+from noprop_lab.bench import time_to_accuracy as tta
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import torch
 from noprop.build import build_method
 from noprop.config import make_config
 from noprop.errors import ConfigError
-from noprop.runs.language import TunedLens, fit_tuned_lens, lens_kl, lens_scores
-from noprop.runs.tuned_lens import decode
 from noprop.tasks import LanguageTask
+from noprop_lab.bench.lm.language import TunedLens, fit_tuned_lens, lens_kl, lens_scores
+from noprop_lab.bench.lm.tuned_lens import decode
 
 L = 16
 

@@ -211,9 +211,9 @@ def test_end_of_run_line(tmp_path, capsys):
     ), line
 
 
-def test_readme_python_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Python API", 1)[1]
+def test_docs_python_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
+    readme = (ROOT / "docs" / "api.md").read_text()
+    section = readme.split("## Python API", 1)[1]
     snippet = section.split("```python", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {"__name__": "__readme__"})

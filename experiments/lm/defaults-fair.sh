@@ -9,5 +9,5 @@ cd "$(dirname "$0")/../.."
 OUT=experiments/lm/tiny-shakespeare-12min-fair
 mkdir -p "$OUT"
 [ -e "$OUT/plan.json" ] || cp experiments/lm/tiny-shakespeare/plan.json "$OUT/plan.json"
-noprop lm compare --dataset tiny-shakespeare --data-dir /work/shared/data/tinyshakespeare \
+noprop lm compare --dataset tiny-shakespeare --data-dir ../shared/data/tinyshakespeare \
   --no-progress --out "$OUT"

@@ -7,7 +7,8 @@
 #    10-14x slower and an epoch takes hours): one MNIST epoch of DT in each precision ->
 #    OUT/dt-epoch1-{32,bf16-mixed}/ (config, metrics, summary; the checkpoint is not kept).
 # Committed: experiments/precision/efficiency-mnist.json (step 1 on an AVX2-only AMD EPYC) and
-# experiments/precision/amx-2026-12-03/ (both steps on an Intel Xeon with AMX-BF16).
+# experiments/precision/amx-2026-12-03/ (both steps on an Intel Xeon with AMX-BF16; of step 2 only
+# the summaries BENCHMARKS.md quotes, dt-epoch1-*/summary.json: config and metrics are not committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: bash experiments/precision/run.sh OUT}
@@ -16,7 +17,9 @@ if [ -e "$OUT" ]; then echo "run.sh: $OUT exists; choose a new directory" >&2; e
 mkdir -p "$OUT"
 noprop bench efficiency --methods dt,backprop,ct,fm --dataset mnist --data-dir "$DATA" \
   --max-batches 10 --eval-samples 100 --precision bf16-mixed --out "$OUT/efficiency-mnist.json"
-native=$(python -c "import noprop.precision as p, torch; print(int(p.native_bf16(torch.device('cpu'))))")
+# whether step 1's device ran bf16 natively, as bench efficiency recorded it (no noprop internals)
+native=$(python -c "import json, sys; print(int(json.load(open(sys.argv[1]))['methods']['dt']['native_bf16']))" \
+  "$OUT/efficiency-mnist.json")
 if [ "$native" != 1 ] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "run.sh: no native bf16 on this device: the one-epoch comparison is skipped" >&2
   exit 0

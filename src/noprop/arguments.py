@@ -47,6 +47,36 @@ from .errors import ConfigError
 from .limits import MAX_CONFIG_VALUES, MAX_TOTAL_LAYERS
 
 #: the largest whole number any flag or config field takes (int64: torch, numpy, TOML)
+__all__ = [
+    "BLOCKS",
+    "CHAINS",
+    "FINITE",
+    "FRACTION",
+    "LAYERS",
+    "MINUTES",
+    "NON_NEGATIVE",
+    "NUMBER",
+    "PATH",
+    "POSITIVE",
+    "PROBABILITY",
+    "RUNS",
+    "SECONDS",
+    "SEED",
+    "STEPS",
+    "THREADS",
+    "WHOLE",
+    "Count",
+    "FilePath",
+    "IntList",
+    "Kind",
+    "Number",
+    "Real",
+    "count",
+    "field_count",
+    "int_list",
+    "probability",
+]
+
 MAX_INT = 2**63 - 1
 #: seconds in a year: the longest time budget or timeout (``--minutes``, ``--timeout``)
 MAX_SECONDS = 366 * 24 * 3600

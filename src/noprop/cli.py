@@ -1,5 +1,9 @@
 """The ``noprop`` command line: ``train``, ``eval`` (and the subcommands later issues add).
 
+Other distributions add subcommands through the ``noprop.commands`` entry-point group
+(:func:`plugin_commands`): the lab (``noprop_lab``) adds ``bench``, ``lm`` and ``plot`` that way, so
+the library imports nothing of it; without the lab installed those commands are simply absent.
+
 Training flags are generated from the config dataclasses (:mod:`noprop.flags`), so the CLI, the Python
 API and ``config.json`` always list the same knobs, each documented once, next to its default. Any error a user can cause
 prints one line on stderr and exits with status 2; nothing is written in that case. An operating-system
@@ -13,13 +17,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any, NoReturn
 
-from . import plots
 from .arguments import CHAINS, RUNS, SEED, STEPS, THREADS, int_list
-from .bench import efficiency, parallel, reproduce
-from .bench import lm as lm_compare
 from .config import RunConfig
 from .device import check_device
 from .errors import NoPropError
@@ -33,11 +35,33 @@ from .runs.listing import describe, find_runs, format_rows
 from .runs.model import export, load
 from .runs.sweep import STEP_METHODS
 from .runs.train import say_thread_cap
+from .version import __version__
+
+#: the entry-point group through which another distribution adds ``noprop`` subcommands
+COMMAND_GROUP = "noprop.commands"
+#: an entry point's object: ``add(subparsers, parser_class)`` adds its subcommands to ``noprop``'s
+#: ``subparsers`` (``parser_class`` for nested ones, so errors print like the others) and returns
+#: ``{command: handler}``, each handler taking the parsed namespace and returning the exit status
+AddCommands = Callable[
+    [argparse._SubParsersAction, type], dict[str, Callable[[argparse.Namespace], int]]
+]
+
+
+def plugin_commands() -> list[AddCommands]:
+    """The ``noprop.commands`` entry points of the installed distributions, loaded, by name."""
+    return [ep.load() for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"noprop: error: {message}\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse (3.11) drops a lone "--" given as an option's value (``--runs=--``) and hands
+        # the option an empty list instead of an error: a value is required
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
 
 
 PRECISION_HELP = "networks under autocast at inference (default: the run's training precision)"
@@ -46,6 +70,7 @@ THREADS_HELP = f"torch CPU threads, 1 to {THREADS.high} (default: the cores free
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="noprop", description="Train and evaluate NoProp networks (arXiv 2503.24322).")
+    p.add_argument("--version", action="version", version=f"noprop {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model into a run directory")
     add_config_flags(t)
@@ -97,23 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--compile",
         action="store_true",
-        help="ct/fm: torch.compile the per-step inference first (ct 0.89x the time one-hot, ct/fm "
-        "0.74-0.78x with prototypes, fm one-hot 1.10x; a few seconds to compile: pays off for "
-        "long evaluations such as prototypes, --runs 5, --chains 16 or --steps)",
+        help="ct/fm: torch.compile the per-step inference before evaluating (costs a few seconds "
+        "first; for long evaluations such as prototypes, --runs 5, --chains 16 or --steps; "
+        "timings in BENCHMARKS.md)",
     )
-    bench = sub.add_parser("bench", help="benchmarks (efficiency, reproduce, parallel)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=_Parser)
-    efficiency.add_arguments(
-        bench_sub.add_parser("efficiency", help="NoProp vs back-prop: time, memory, FLOP/s")
-    )
-    reproduce.add_arguments(bench_sub.add_parser("reproduce", help=reproduce.HELP_TEXT))
-    parallel.add_arguments(
-        bench_sub.add_parser("parallel", help="DT throughput: sequential, blocks, fused")
-    )
-    lm = sub.add_parser("lm", help="language-model experiments (compare)")
-    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
-    lm_compare.add_arguments(lm_sub.add_parser("compare", help=lm_compare.HELP_TEXT))
-    plots.add_arguments(sub.add_parser("plot", help=plots.HELP_TEXT))
+    #: the plugins' handlers by command (kept out of the namespace, which commands may write out)
+    p.plugin_handlers = {}  # type: ignore[attr-defined]
+    for add_commands in plugin_commands():
+        p.plugin_handlers.update(add_commands(sub, _Parser))  # type: ignore[attr-defined]
     sub.add_parser("presets", help="list the paper's hyper-parameter presets (--preset NAME)")
     pr = sub.add_parser("predict", help="classify images with a trained (or exported) model")
     pr.add_argument("run_dir", help="a run directory or a `noprop export` directory")
@@ -264,19 +280,6 @@ def _eval_steps(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(ns: argparse.Namespace) -> int:
-    handlers = {
-        "efficiency": efficiency.main_bench,
-        "reproduce": reproduce.cmd_reproduce,
-        "parallel": parallel.main_bench,
-    }
-    return handlers[ns.bench_command](ns)
-
-
-def cmd_plot(ns: argparse.Namespace) -> int:
-    return plots.cmd_plot(ns)
-
-
 def cmd_presets(ns: argparse.Namespace) -> int:
     for preset in PRESETS.values():
         print(preset.describe())
@@ -327,9 +330,6 @@ def cmd_runs(ns: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
-    "bench": cmd_bench,
-    "lm": lambda ns: lm_compare.main_lm(ns),
-    "plot": cmd_plot,
     "presets": cmd_presets,
     "predict": cmd_predict,
     "export": cmd_export,
@@ -343,9 +343,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
     try:
-        return COMMANDS[ns.command](ns)
+        handler = COMMANDS.get(ns.command) or parser.plugin_handlers[ns.command]
+        return handler(ns)
     except NoPropError as e:
         print(f"noprop: error: {_one_line(e)}", file=sys.stderr)
         return 2

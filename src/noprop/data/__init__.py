@@ -7,5 +7,19 @@ for the download table and :mod:`noprop.data.config` for the ``--dataset`` optio
 
 from noprop.data.config import DataConfig
 from noprop.data.datasets import DATASETS, SPECS, DatasetSpec, DataSplits, load_dataset
+from noprop.data.sources import as_source, class_examples, num_examples, split_tensors
+from noprop.data.text import TEXT_DATASETS
 
-__all__ = ["DATASETS", "SPECS", "DataConfig", "DataSplits", "DatasetSpec", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "SPECS",
+    "TEXT_DATASETS",
+    "DataConfig",
+    "DataSplits",
+    "DatasetSpec",
+    "as_source",
+    "class_examples",
+    "load_dataset",
+    "num_examples",
+    "split_tensors",
+]

@@ -101,8 +101,8 @@ def _md5(hexdigest: str) -> tuple[Checksum, ...]:
     return (Checksum("md5", hexdigest),)
 
 
-# Verbatim from /work/shared/data/mnist/SHA256SUMS: the project's copy of MNIST (the same IDX
-# content as the canonical files, re-compressed).
+# Verbatim from the SHA256SUMS beside the shared MNIST files (../shared/data/mnist/): the
+# project's copy of MNIST (the same IDX content as the canonical files, re-compressed).
 _MNIST_SHA256SUMS = """
 1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be  t10k-images-idx3-ubyte.gz
 b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b  t10k-labels-idx1-ubyte.gz

@@ -14,6 +14,7 @@ from .ct import CTConfig, NoPropCT
 from .diffusionblocks import DiffusionBlocks, DiffusionBlocksConfig
 from .dt import DTConfig, NoPropDT
 from .fm import FMConfig, NoPropFM
+from .transformer import TransformerBackprop
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (NoPropDT, Backprop, NoPropCT, NoPropFM, Adjoint, DiffusionBlocks)
@@ -48,5 +49,6 @@ __all__ = [
     "NoPropCT",
     "NoPropDT",
     "NoPropFM",
+    "TransformerBackprop",
     "method_class",
 ]

@@ -40,7 +40,7 @@ def readout_linear(W: Tensor, init: str = "readout") -> nn.Linear:
     W = W.detach().float()
     m, d = W.shape
     f = nn.Linear(d, m)
-    if init == "default":  # PyTorch's uniform init, for comparison (README: "slow start")
+    if init == "default":  # PyTorch's uniform init, for comparison (docs/methods.md: "slow start")
         return f
     scale = W.pow(2).sum(-1).mean().clamp_min(1e-8) / math.log(9 * max(m - 1, 1))
     with torch.no_grad():

@@ -8,7 +8,7 @@ so both models are causal by construction (tests/test_language.py checks it by p
 * :class:`TransformerLM` — the back-prop baseline: token + learned position embedding, ``n_layer``
   pre-LayerNorm layers (causal self-attention, GELU MLP), a final LayerNorm and the unembedding tied
   to the token embedding (nanoGPT's layout). :meth:`TransformerLM.residual_stream` returns h_0..h_L,
-  the input of the logit lens (runs/language.py).
+  the input of the logit lens (the lab: noprop_lab/bench/lm/language.py).
 * :class:`LanguageBlock` — one NoProp-LM block û_θt(z_{t−1}, x): its own token and position
   embeddings and ``layers`` transformer layers over the clean context (the "image branch" of Fig. 6),
   a label branch over z and a fusion MLP to 256 logits. [I] The image block's BatchNorms become

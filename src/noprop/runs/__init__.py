@@ -3,11 +3,12 @@
 from .evaluate import evaluate_chains, evaluate_run, load_run, load_run_with_task
 from .model import TrainedModel, export, load
 from .sweep import sweep_steps
-from .train import RESUMABLE_OVERRIDES, load_data, train
+from .train import RESUMABLE_OVERRIDES, build_for_data, load_data, train
 
 __all__ = [
     "RESUMABLE_OVERRIDES",
     "TrainedModel",
+    "build_for_data",
     "evaluate_chains",
     "evaluate_run",
     "export",

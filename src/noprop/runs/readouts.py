@@ -66,6 +66,26 @@ from ..precision import float32
 from ..schedules_edm import block_of_step, euler_step
 from ..solvers import record_indices
 
+__all__ = [
+    "CHAIN_CHOICES",
+    "CHAIN_METHODS",
+    "TEMPERATURES",
+    "ReadoutChoice",
+    "batches",
+    "chain_readouts",
+    "chain_states",
+    "check_text_method",
+    "choose_readout",
+    "evaluate_readouts",
+    "fit_temperature",
+    "paper_readout",
+    "readout_log_probs",
+    "readout_names",
+    "readout_position",
+    "score_readout",
+    "seeded",
+]
+
 LN2 = math.log(2.0)
 #: the mixture sizes :func:`choose_readout` tries by default (prefixes of one set of 8 chains)
 CHAIN_CHOICES = (1, 2, 4, 8)
@@ -257,7 +277,8 @@ class _Sums:
             self.hits[S] = self.hits.get(S, 0.0) + float(hit)
 
 
-def _batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
+def batches(x: Tensor, y: Tensor, batch: int, desc: str, progress: bool):
+    """(x, y) in slices of ``batch`` windows, with a progress bar named ``desc`` when ``progress``."""
     bar = tqdm(total=x.shape[0], desc=desc, unit="window", leave=False, mininterval=1.0,
                disable=None if progress else True)  # fmt: skip
     for start in range(0, x.shape[0], batch):
@@ -313,7 +334,7 @@ def evaluate_readouts(
     method.eval()
     sums: dict[str, _Sums] = {}
     with seeded(method, seed):
-        for xb, yb in _batches(x, y, batch, "read-outs", progress):
+        for xb, yb in batches(x, y, batch, "read-outs", progress):
             for i, (name, logits) in enumerate(
                 chain_readouts(method, xb, chains=max(sizes), deterministic=deterministic)
             ):
@@ -408,7 +429,7 @@ def fit_temperature(
     method.eval()
     total = torch.zeros(len(TEMPERATURES), dtype=torch.float64)
     with seeded(method, seed):
-        for xb, yb in _batches(x, y, batch, "temperature", False):
+        for xb, yb in batches(x, y, batch, "temperature", False):
             for name, logits in chain_readouts(method, xb, chains=S):
                 if name == readout:
                     for i, tau in enumerate(TEMPERATURES.tolist()):
@@ -449,7 +470,7 @@ def score_readout(
     sums: dict[str, _Sums] = {}
     calibrated = _Sums()
     with seeded(method, seed):
-        for xb, yb in _batches(x, y, batch, "test read-outs", progress):
+        for xb, yb in batches(x, y, batch, "test read-outs", progress):
             for name, logits in chain_readouts(method, xb, chains=max(sizes)):
                 sums.setdefault(name, _Sums()).add(logits, yb, sizes)
                 if name == choice.readout:

@@ -13,6 +13,10 @@ S = 1, the minimum over read-outs on the validation windows — and keeps the pa
 reported read-out and S are still chosen afresh on validation after training (``lm compare``).
 The test curve (``--test-curve``) and the final test keep the paper's read-out. Images, the
 back-prop transformer and a deterministic evaluation are unchanged.
+
+The text task provides this evaluator to its runs (:attr:`noprop.tasks.LanguageTask.evaluator` names
+it, :meth:`~noprop.tasks.Task.load_evaluator` imports it when a run starts, issue 29): the training
+path imports no text-study code, and an image run never loads this module or the read-outs.
 """
 
 from __future__ import annotations

@@ -75,7 +75,6 @@ from ..training.tensorboard import TensorBoardLogger, require_tensorboard
 from ..training.trainer import Trainer, evaluate
 from ..version import __version__
 from .pause import PauseAtStep, pause, pause_point
-from .selection import fair_local_evaluate
 
 # Flags that may differ between the original run and ``--resume`` without changing the experiment.
 RESUMABLE_OVERRIDES = frozenset(
@@ -304,7 +303,7 @@ def _train(
             callbacks.append(TensorBoardLogger(run.tensorboard_dir, samples_per_epoch=samples))
     trainer = build_trainer(
         method, cfg, device, ctx, task=task, progress=progress, callbacks=callbacks,
-        evaluator=fair_local_evaluate,  # text chain models: selected on their best read-out
+        evaluator=task.load_evaluator(),  # the task's (text: a chain model's best read-out)
     )  # fmt: skip
     if payload is not None:
         try:

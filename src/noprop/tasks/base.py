@@ -9,7 +9,9 @@ one new file here and one line in :data:`noprop.tasks.TASKS`.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -37,6 +39,20 @@ class Task(ABC):
     label_dims: ClassVar[int] = 0
     #: the learned W_Embed's dimension when ``--embed-dim`` is not given
     default_embed_dim: ClassVar[int] = IMAGE_EMBED_DIM
+    #: the validation evaluator a run of this task selects its epoch with, as ``"module:function"``
+    #: (a :data:`noprop.training.trainer.Evaluator`; None: the trainer's own,
+    #: :meth:`~noprop.training.Trainer.local_evaluate`). A reference, not an import: an evaluator
+    #: may read a method's internals (a layer above the tasks), and a run of another task never
+    #: loads its module (:meth:`load_evaluator`)
+    evaluator: ClassVar[str | None] = None
+
+    @classmethod
+    def load_evaluator(cls) -> Callable[..., dict] | None:
+        """The function :attr:`evaluator` names, imported now (None when it names none)."""
+        if cls.evaluator is None:
+            return None
+        module, _, name = cls.evaluator.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     @property
     @abstractmethod

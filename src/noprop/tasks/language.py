@@ -75,6 +75,8 @@ class LanguageTask(Task):
     higher_is_better: ClassVar[bool] = False
     label_dims: ClassVar[int] = 1
     default_embed_dim: ClassVar[int] = TEXT_EMBED_DIM
+    #: a chain model is selected on its best read-out, not the paper's (:mod:`noprop.runs.selection`)
+    evaluator: ClassVar[str | None] = "noprop.runs.selection:fair_local_evaluate"
 
     def __init__(self, dataset: str, context: int = 128) -> None:
         self.dataset = dataset

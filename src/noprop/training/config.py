@@ -46,7 +46,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     """batch size of validation and test inference"""
     channels_last: bool = True
-    """the task's fast memory layout (channels-last images: 1.2-1.4x faster convolutions on CPU)"""
+    """the task's fast memory layout (channels-last images for convolutions; timings in
+    BENCHMARKS.md)"""
     offload_blocks: bool = False
     """dt, --order blocks: keep only the block being trained (and its optimiser state) on the GPU"""
     parallel: ParallelMode = "none"
