@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noprop import build_method, evaluate, load_run, make_config, train
+from noprop import build_method, evaluate, load_run, make_config, posterior_coefficients, train
 
 EVAL_SEED = 123
 STUDY: dict[str, dict[str, Any]] = {
@@ -71,19 +71,6 @@ def step_flops() -> None:
             with FlopCounterMode(display=False) as counter:
                 model.loss(x, y, 0)[0].backward()
             print(f"{method} t_samples={k}: {counter.get_total_flops() / 1e9:.2f} GFLOP per step")
-
-
-def posterior_coefficients(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """a_t, b_t, c_t of q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I) (Eq. 6, App. A.3) for
-    ᾱ_0..ᾱ_T; entry 0 unused (NaN). The paper's formula, written out here: noprop's own copy is not
-    public API."""
-    ab_prev, ab = alpha_bar[:-1], alpha_bar[1:]
-    alpha_prev = ab_prev / ab  # α_{t-1} = ᾱ_{t-1} / ᾱ_t
-    a = ab.sqrt() * (1 - alpha_prev) / (1 - ab_prev)
-    b = alpha_prev.sqrt() * (1 - ab) / (1 - ab_prev)
-    c = (1 - ab) * (1 - alpha_prev) / (1 - ab_prev)
-    nan = torch.full((1,), float("nan"), dtype=alpha_bar.dtype)
-    return torch.cat([nan, a]), torch.cat([nan, b]), torch.cat([nan, c])
 
 
 @torch.no_grad()

@@ -211,17 +211,6 @@ def test_end_of_run_line(tmp_path, capsys):
     ), line
 
 
-def test_docs_python_snippet_runs_verbatim(tmp_path, monkeypatch, capsys):
-    readme = (ROOT / "docs" / "api.md").read_text()
-    section = readme.split("## Python API", 1)[1]
-    snippet = section.split("```python", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(snippet, "README.md", "exec"), {"__name__": "__readme__"})
-    assert (tmp_path / "exported" / "digits-dt" / "model.safetensors").is_file()
-    printed = capsys.readouterr().out
-    assert "tensor(" in printed
-
-
 def test_export_never_replaces_anything_but_an_export(run, tmp_path, monkeypatch):
     import shutil
 

@@ -29,13 +29,14 @@ from .precision import PRECISIONS, autocast, float32, native_bf16
 from .rundir import CONFIG, EpochRecord, RunDir, Summary
 from .runs import TrainedModel, evaluate_run, export, load, load_run, train
 from .runtime import STARTUP as OMP_STARTUP
-from .schedules import CosineSchedule, DiscreteSchedule
+from .schedules import CosineSchedule, DiscreteSchedule, posterior_coefficients
 from .solvers import record_indices
 from .tasks import TASKS, Task
 from .training import Trainer, evaluate
 from .version import __version__
 
 __all__ = [
+    "posterior_coefficients",
     "Backprop",
     "CONFIG",
     "ConfigError",
