@@ -22,3 +22,18 @@ def tiny_method(method: str = "dt", embedding: str = "one-hot", T: int = 3, **kw
         kw["T"] = T
     cfg = make_config(method=method, embedding=embedding, block="mlp", embed_dim=6, **kw)
     return build_method(cfg, x.shape[1:], 4, x, y), cfg, (x, y)
+
+
+def poison_digits(monkeypatch, where, cells: dict[tuple[int, int], float]) -> None:
+    """Make ``load_dataset("digits")`` read a copy of the bundled digits with ``cells`` set: (image,
+    pixel 0..63) -> value, e.g. NaN."""
+    import numpy as np
+
+    from noprop.data import datasets
+
+    table = np.loadtxt(datasets._digits_file(), delimiter=",")
+    for (i, j), v in cells.items():
+        table[i, j] = v
+    path = where / "poisoned-digits.csv.gz"
+    np.savetxt(path, table, delimiter=",")
+    monkeypatch.setattr(datasets, "_digits_file", lambda: path)

@@ -50,22 +50,31 @@ def test_image_cache_timing_compares_the_same_computation():
 
 
 def test_bench_background_load_measures_quiet_and_loaded(tmp_path):
-    """--background-load K: each method measured twice, the busy processes stopped afterwards;
-    --T applies only to the methods that have blocks (ct has none)."""
+    """--background-load K: each method measured twice, the busy processes stopped afterwards."""
     import subprocess
 
     out = tmp_path / "eff.json"
-    rc = main(["bench", "efficiency", "--methods", "dt,ct", "--max-batches", "2", "--T", "2",
+    rc = main(["bench", "efficiency", "--methods", "dt", "--max-batches", "2", "--T", "2",
                "--eval-samples", "20", "--background-load", "1", "--background-seconds", "60",
                "--out", str(out)])  # fmt: skip
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["background_load"] == 1 and "omp_wait_policy" in r["machine"]
-    for m in ("dt", "ct"):
+    for m in ("dt",):
         row = r["methods"][m]
         assert row["loaded"]["train_samples_per_s"] > 0 and row["loaded_over_quiet"] > 0
     busy = subprocess.run(["pgrep", "-f", "while time.monotonic"], capture_output=True, text=True)
     assert busy.stdout.strip() == "", "a busy process outlived the bench"
+
+
+def test_T_applies_only_to_the_methods_that_have_blocks():
+    """``bench efficiency --T``: ct/fm/adjoint have one network and no T; their workers do not get it."""
+    from noprop_lab.bench.efficiency import method_overrides
+
+    given = {"T": 2, "max_train_samples": 256}
+    assert method_overrides("dt", given) == given
+    assert method_overrides("diffusionblocks", given) == given
+    assert method_overrides("ct", given) == {"max_train_samples": 256}
 
 
 def test_bench_efficiency_precision_reports_both(tmp_path):

@@ -14,7 +14,7 @@ def _train(tmp_path, *args):
     return out, json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("method,epochs", [("dt", 10), ("backprop", 10)])
+@pytest.mark.parametrize("method,epochs", [("dt", 10), ("backprop", 4)])
 def test_digits_reaches_090(tmp_path, method, epochs):
     out, summary = _train(tmp_path, "--method", method, "--epochs", str(epochs))
     assert summary["test_accuracy"] >= 0.90, summary

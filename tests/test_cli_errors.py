@@ -26,6 +26,7 @@ from noprop.cli import main
 from noprop.data import datasets as ds
 from noprop.data import download as dl
 
+from .problems import poison_digits
 from .test_reliability import assert_one_line_error, snapshot
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -158,18 +159,7 @@ def case_empty_dataset(c: Ctx) -> Case:
 
 
 def case_nan_inputs(c: Ctx) -> Case:
-    import sklearn.datasets
-
-    real = sklearn.datasets.load_digits
-
-    def poisoned() -> object:
-        bunch = real()
-        bunch.images = bunch.images.copy()
-        bunch.images[5, 3, 3] = np.inf
-        bunch.images[9, 0, 0] = np.nan
-        return bunch
-
-    c.monkeypatch.setattr(sklearn.datasets, "load_digits", poisoned)
+    poison_digits(c.monkeypatch, c.tmp, {(5, 3 * 8 + 3): np.inf, (9, 0): np.nan})
     return Case(["train", *DIGITS, "--out", str(c.out)], c.out, "NaN or infinite")
 
 

@@ -342,7 +342,7 @@ def test_config_validation_and_eta_defaults():
 # Measured (1 thread, shared 2-core machine, seeds 0/1/2): ct 0.942/0.939/0.931 in 25–37 s,
 # fm 0.953/0.964/0.964 in 4–7 s, adjoint 0.950/0.950/0.950 in 8–11 s (train + evaluation).
 E2E = {
-    "ct": dict(epochs=100, batch_size=32, inference_steps=20),
+    "ct": dict(epochs=30, batch_size=32, inference_steps=20),
     "fm": dict(epochs=40, inference_steps=20),
     "adjoint": dict(epochs=15, adjoint_steps=8, inference_steps=8),
 }

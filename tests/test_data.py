@@ -26,6 +26,8 @@ from noprop.data import download as dl
 from noprop.data.formats import read_cifar_binary, read_idx
 from noprop.errors import DataError
 
+from .problems import poison_digits
+
 IDX_NAMES = ds.IDX_FILES
 
 #: keep every test away from the user's cache, mirrors and proxies (tests/conftest.py)
@@ -315,18 +317,8 @@ def test_validate_arrays_rejects_nan_inf_and_bad_labels() -> None:
         ds.validate_arrays(x, y, 3, "src", in_shape=(1, 3, 3))
 
 
-def test_digits_nan_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sklearn.datasets
-
-    real = sklearn.datasets.load_digits
-
-    def poisoned() -> object:
-        bunch = real()
-        bunch.images = bunch.images.copy()
-        bunch.images[5, 3, 3] = np.nan
-        return bunch
-
-    monkeypatch.setattr(sklearn.datasets, "load_digits", poisoned)
+def test_digits_nan_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    poison_digits(monkeypatch, tmp_path, {(5, 3 * 8 + 3): np.nan})
     with pytest.raises(DataError, match="NaN"):
         load_dataset("digits")
 
@@ -719,3 +711,28 @@ def test_source_table_is_complete() -> None:
                 length = {"md5": 32, "sha256": 64}[checksum.algorithm]
                 assert len(checksum.hexdigest) == length
                 int(checksum.hexdigest, 16)
+
+
+def test_stored_digits_split_is_scikit_learns_and_loads_without_it():
+    """The stored test mask is scikit-learn's stratified split (random_state 0); loading digits reads
+    the bundled file directly and imports no scikit-learn (~2 s of every run's start)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from noprop.data.datasets import _load_digits, digits_test_mask
+
+    bunch = load_digits()
+    _, test = train_test_split(
+        np.arange(1797), test_size=0.2, stratify=bunch.target, random_state=0
+    )
+    assert np.array_equal(np.flatnonzero(digits_test_mask()), np.sort(test))
+    raw = _load_digits()
+    assert np.array_equal(raw.x_test[:, 0], bunch.images[np.sort(test)])
+    assert np.array_equal(raw.y_test, bunch.target[np.sort(test)])
+    code = ("import sys; from noprop.data.datasets import load_dataset; load_dataset('digits'); "
+            "print('sklearn' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

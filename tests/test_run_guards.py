@@ -310,3 +310,19 @@ def test_predict_refuses_to_print_nan(tmp_path: Path, one_epoch: Path) -> None:
             p.fill_(math.inf)
     with pytest.raises(DivergenceError, match="NaN or infinite probabilities"):
         model.predict_proba(torch.zeros(2, 8, 8))
+
+
+def test_two_runs_started_in_one_second_get_two_default_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default --out carries the start second; a second run in the same second must not be
+    refused as "a different run" (it was, when a script trained twice in a row)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt, *a: "20261207-120000")
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--T", "2", "--max-train-samples",
+            "64", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert main([*args, "--seed", "1"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["dt-digits-20261207-120000", "dt-digits-20261207-120000-2"]
+    assert all((tmp_path / "runs" / r / "summary.json").is_file() for r in runs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -178,15 +179,24 @@ def cmd_train(ns: argparse.Namespace) -> int:
         out = ns.resume
     else:
         cfg = RunConfig().replace(**resolve_flat(ns.preset, ns.config, given))
-        out = (
-            ns.out
-            or f"runs/{cfg.method.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        out = ns.out or default_out(f"{cfg.method.method}-{cfg.data.dataset}")
         summary = train(cfg, out, overwrite=ns.overwrite, progress=not ns.no_progress)
     if not summary:  # a non-zero rank of a parallel run: rank 0 reports
         return 0
     print(end_of_run_line(summary, out))
     return 0
+
+
+def default_out(name: str, root: str = "runs") -> str:
+    """``runs/NAME-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... appended when a run started in the same
+    second already took the name (two runs of one script would otherwise collide and the second be
+    refused as "a different run")."""
+    base = f"{root}/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while os.path.exists(out):
+        n += 1
+        out = f"{base}-{n}"
+    return out
 
 
 def end_of_run_line(summary: dict, out: str) -> str:

@@ -39,6 +39,7 @@ Choices:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -351,21 +352,54 @@ def _load_cifar(name: str, directory: Path, download: bool, base_url: str | None
     return _Raw(x_train, y_train, x_test, y_test)
 
 
-def _load_digits() -> _Raw:
-    """Load scikit-learn's digits with a fixed stratified 20% test split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+#: which of scikit-learn's 1797 digits are the test split (a bit per image, ``np.packbits`` order, hex):
+#: ``train_test_split(range(1797), test_size=0.2, stratify=y, random_state=0)`` as scikit-learn 1.x
+#: draws it, stored so a run does not import scikit-learn (~2 s) and the split cannot drift with a
+#: scikit-learn release (tests/test_datasets.py checks it against scikit-learn)
+DIGITS_TEST_SPLIT = (
+    "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a0"
+    "00080a8820441524494240a00a0000004004d80000818020004805c400104008a0100005404800301000020e"
+    "c409000224840083a8013c20a6980a0000000b08400804a0184802024041c1008004404684376a8102160044"
+    "80004042a0a4180a5000840b8561c608108008004c80c02004068e00010882008100380803c008190000100e"
+    "01008410a0210033282904c044c080680e0102830082008822a6402c24042108a860809081a00c0282024212"
+    "0138a41500"
+)
 
-    bunch = load_digits()
-    x = np.asarray(bunch.images)[:, None]
-    y = np.asarray(bunch.target, dtype=np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(y)), test_size=0.2, stratify=y, random_state=0
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+
+def _digits_file() -> Path | None:
+    """scikit-learn's bundled ``digits.csv.gz`` (64 pixels and the label per row), found without
+    importing scikit-learn; None if this scikit-learn keeps it elsewhere."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec and spec.submodule_search_locations) or ():
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_digits() -> _Raw:
+    """scikit-learn's digits with a fixed stratified 20% test split (:data:`DIGITS_TEST_SPLIT`)."""
+    path = _digits_file()
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",")
+        x, y = table[:, :-1].reshape(-1, 1, 8, 8), table[:, -1].astype(np.int64)
+    else:  # pragma: no cover - a scikit-learn that moved the file
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x, y = np.asarray(bunch.images)[:, None], np.asarray(bunch.target, dtype=np.int64)
     spec = SPECS["digits"]
     validate_arrays(x, y, spec.num_classes, "digits (scikit-learn)", in_shape=spec.in_shape)
-    return _Raw(x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+    test = digits_test_mask(len(y))
+    return _Raw(x[~test], y[~test], x[test], y[test])
+
+
+def digits_test_mask(n: int = 1797) -> np.ndarray:
+    """The boolean test mask of :data:`DIGITS_TEST_SPLIT` over ``n`` digits."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex("".join(DIGITS_TEST_SPLIT)), np.uint8))
+    if n != 1797:
+        raise DataError(f"scikit-learn's digits have {n} images instead of 1797")
+    return bits[:n].astype(bool)
 
 
 def _is_int(value: object) -> bool:
