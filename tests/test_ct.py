@@ -12,7 +12,7 @@ from noprop.errors import ConfigError
 from noprop.models.blocks import count_parameters
 from noprop.models.ct_blocks import build_ct_block
 from noprop.runs import sweep_steps, train
-from noprop.schedules_ct import LearnedSchedule
+from noprop.schedules import LearnedSchedule
 from noprop.solvers import ADAPTIVE, SOLVERS, integrate, record_indices
 
 from .problems import tiny_data

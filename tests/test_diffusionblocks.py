@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from noprop import build_method, make_config
 from noprop.cli import main
 from noprop.methods import DiffusionBlocks
-from noprop.schedules_edm import EDMNoise, block_of_step, euler_step
+from noprop.schedules import EDMNoise, block_of_step
+from noprop.solvers import edm_euler_step as euler_step
 from noprop.tasks import ClassificationTask
 
 NOISE = EDMNoise()

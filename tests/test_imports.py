@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "precision",
         ),
     ),
-    ("math", ("schedules", "schedules_ct", "schedules_edm", "solvers")),
+    ("math", ("schedules", "solvers")),
     ("models", ("models",)),
     ("data", ("data",)),
     ("tasks", ("tasks",)),

@@ -1,4 +1,4 @@
-"""ODE integrators for inference of the continuous-time methods (CT, FM, adjoint).
+"""The steppers of inference, one place for all: ODE integrators, Eq. 3's ancestral step, EDM's Euler step.
 
 Legend: dy/ds = f(s, y); ``grid`` s_0 < s_1 < ... < s_N (any spacing); h = s_{k+1} − s_k.
 
@@ -7,9 +7,10 @@ Legend: dy/ds = f(s, y); ``grid`` s_0 < s_1 < ... < s_N (any spacing); h = s_{k+
 * :data:`ADAPTIVE` names torchdiffeq's adaptive solvers (``dopri5`` ...); they are passed through to
   ``torchdiffeq.odeint``, imported only when used (the optional ``ct`` extra). For them the grid only
   says where the solution is reported; the step sizes are chosen by the solver (rtol = atol = 1e-5).
-* ``ancestral`` (:data:`STOCHASTIC`) is not an ODE solver: NoProp-CT's stochastic a/b/c discretisation
-  (Eq. 3 on the time grid, spec §2.4 "CT"), implemented in methods/ct.py. It is listed here so that one
-  ``--solver`` flag names every inference scheme.
+* ``ancestral`` (:data:`STOCHASTIC`) is not an ODE solver: :func:`ancestral_step`, Eq. 3's posterior
+  step z_t = a_t û + b_t z_{t−1} + sqrt(c_t) ε — NoProp-DT's inference, and NoProp-CT's on its t-grid
+  (spec §2.4 "CT"). It is listed with the solvers so that one ``--solver`` flag names every scheme.
+* :func:`edm_euler_step`: DiffusionBlocks' Euler step in σ from a denoised estimate D̂ (spec §4).
 """
 
 from __future__ import annotations
@@ -51,6 +52,23 @@ def rk4_step(f: Field, s0: Tensor, s1: Tensor, y: Tensor) -> Tensor:
     k3 = f(s0 + 0.5 * h, y + 0.5 * h * k2)
     k4 = f(s1, y + h * k3)
     return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def ancestral_step(
+    z: Tensor, u_hat: Tensor, a: Tensor, b: Tensor, c: Tensor, *, noise: bool = True
+) -> Tensor:
+    """Eq. 3: z_t = a_t û_θ(z_{t−1}, x) + b_t z_{t−1} + sqrt(c_t) ε, ε ~ N(0, I) (no ε when
+    ``noise`` is False: the posterior-mean path of deterministic inference)."""
+    z = a * u_hat + b * z
+    return z + c.sqrt() * torch.randn_like(z) if noise else z
+
+
+def edm_euler_step(
+    z: Tensor, denoised: Tensor, sigma: Tensor | float, sigma_next: Tensor | float
+) -> Tensor:
+    """z ← z + (σ_next − σ)·(z − D̂)/σ (DiffusionBlocks, spec §4; the authors' code, not the
+    paper's sign typo). It moves z along the straight line from z to D̂: at σ_next = 0 it returns D̂."""
+    return z + (sigma_next - sigma) * (z - denoised) / sigma
 
 
 SOLVERS: dict[str, Callable[[Field, Tensor, Tensor, Tensor], Tensor]] = {

@@ -1,7 +1,7 @@
 """The ``METHODS`` registry: ``--method`` name → method class (each class describes itself).
 
 Adding a method: one file defining a :class:`~noprop.methods.base.Method` subclass (with its
-``Config``, ``from_config``, ``loss`` and ``predict_steps``) and one line below.
+``Config``, ``from_config``, ``loss``, ``walk`` (its sampler) and ``readout_names``) and one line below.
 """
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .adjoint import Adjoint, AdjointConfig
 from .backprop import Backprop, BackpropConfig
-from .base import BuildContext, ContinuousTimeMethod, Method, MethodOptions
+from .base import (
+    BlockwiseMethod,
+    BuildContext,
+    ChainSpec,
+    ContinuousTimeMethod,
+    Method,
+    MethodOptions,
+    Readout,
+    kind_of,
+)
 from .ct import CTConfig, NoPropCT
 from .diffusionblocks import DiffusionBlocks, DiffusionBlocksConfig
 from .dt import DTConfig, NoPropDT
@@ -37,8 +46,10 @@ __all__ = [
     "AdjointConfig",
     "Backprop",
     "BackpropConfig",
+    "BlockwiseMethod",
     "BuildContext",
     "CTConfig",
+    "ChainSpec",
     "ContinuousTimeMethod",
     "DTConfig",
     "DiffusionBlocks",
@@ -49,6 +60,8 @@ __all__ = [
     "NoPropCT",
     "NoPropDT",
     "NoPropFM",
+    "Readout",
     "TransformerBackprop",
+    "kind_of",
     "method_class",
 ]

@@ -13,6 +13,7 @@ transformer instead (:class:`~noprop.methods.transformer.TransformerBackprop`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,15 @@ from torch import Tensor, nn
 
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least
-from .base import BuildContext, Method, MethodOptions
+from .base import (
+    BuildContext,
+    ChainSpec,
+    Method,
+    MethodOptions,
+    Readout,
+    block_logits,
+    by_chain,
+)
 from .transformer import TransformerBackprop
 
 
@@ -81,14 +90,27 @@ class Backprop(Method):
         ce = F.cross_entropy(self.head(self._chain(x, z0)[-1], self.embedding.weight), y)
         return ce, {"loss": ce.detach(), "ce": ce.detach()}
 
+    def readout_names(self) -> list[str]:
+        return [f"head_{t}" for t in range(self.T + 1)]
+
     @torch.no_grad()
-    def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Head logits on z_0..z_T, (T+1, B, m). ``deterministic`` starts from z_0 = 0 instead of noise."""
-        shape = (x.shape[0], self.embedding.dim)
-        z0 = (
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """Head logits on z_0..z_T (:meth:`Method.chain`); ``deterministic`` starts from z_0 = 0
+        instead of noise (the chain itself draws no noise)."""
+        C, deterministic = spec.chains, spec.deterministic
+        shape = (C * x.shape[0], self.embedding.dim)
+        z = (
             x.new_zeros(shape)
             if deterministic
             else torch.randn(shape, device=x.device, dtype=x.dtype)
         )
-        W = self.embedding.weight
-        return torch.stack([self.head(z, W) for z in self._chain(x, z0)])
+        W, alpha = self.embedding.weight, torch.tanh(self.w)
+        if not spec.wants("head"):
+            return
+        yield Readout("head_0", by_chain(self.head(z, W), C), by_chain(z, C), 0.0)
+        for t, block in enumerate(self.blocks):
+            u_hat = self.embedding.mix(block_logits(block, x, z, C).softmax(-1))
+            z = (1 - alpha[t]) * z + alpha[t] * u_hat
+            yield Readout(
+                f"head_{t + 1}", by_chain(self.head(z, W), C), by_chain(z, C), (t + 1) / self.T
+            )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,8 +107,74 @@ def repeat_rows(t: Tensor, k: int) -> Tensor:
     return t.repeat(k, *([1] * (t.dim() - 1)))
 
 
+@dataclass(frozen=True)
+class Readout:
+    """One read-out along an inference chain, as :meth:`Method.chain` yields it.
+
+    ``name`` is ``kind_index`` — ``head_3`` the head p̂_θout on z_3, ``p_3`` block 3's own softmax on
+    its input, ``near_250`` the nearest embedding at grid point 250 — or a bare kind (``output``).
+    ``logits`` (C, B[, L], m) for C chains (chain s: rows s·B .. s·B + B − 1 of the inputs repeated);
+    ``state`` the z it reads, (C, B[, L], d), or the residual stream h_l (back-prop on text);
+    ``position`` where along the chain it reads, in [0, 1] (t/T, or k/N on the solver's grid).
+    """
+
+    name: str
+    logits: Tensor
+    state: Tensor | None
+    position: float
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.name)
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """What :meth:`Method.chain` was asked for, as a method's :meth:`Method.walk` reads it."""
+
+    #: C, the number of chains (1 when ``deterministic``)
+    chains: int
+    deterministic: bool
+    #: ``--inference-steps`` / ``--solver`` for this call (None: the method's own)
+    steps: int | None = None
+    solver: str | None = None
+    #: the read-out kinds asked for (None: every one)
+    kinds: frozenset[str] | None = None
+
+    def wants(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+
+def kind_of(name: str) -> str:
+    """``head`` of ``head_3``; a name without an index is its own kind (``output``)."""
+    return name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+
+
+def chain_features(block: nn.Module, x: Tensor, chains: int) -> Tensor:
+    """A two-branch block's input features (``block.encode_x``) for ``chains`` chains: computed once
+    per input, then repeated (row s·B + i belongs to input i), instead of encoding x ``chains`` times."""
+    h_x = block.encode_x(x)
+    return h_x if chains == 1 else repeat_rows(h_x, chains)
+
+
+def block_logits(block: nn.Module, x: Tensor, z: Tensor, chains: int) -> Tensor:
+    """``block(x, z)`` for z of ``chains``·B rows: through :func:`chain_features` when the block has
+    the two-branch split (``encode_x``/``fuse``), else on x repeated (any ``forward(x, z)`` block)."""
+    if chains == 1:
+        return block(x, z)
+    if hasattr(block, "encode_x") and hasattr(block, "fuse"):
+        return block.fuse(chain_features(block, x, chains), z)
+    return block(repeat_rows(x, chains), z)
+
+
+def by_chain(t: Tensor, chains: int) -> Tensor:
+    """(C·B, ...) → (C, B, ...)."""
+    return t.view(chains, t.shape[0] // chains, *t.shape[1:])
+
+
 class Method(nn.Module):
-    """Base class: subclasses implement :meth:`from_config`, :meth:`loss` and :meth:`predict_steps`."""
+    """Base class: subclasses implement :meth:`from_config`, :meth:`loss`, :meth:`chain` and
+    :meth:`readout_names` (inference is :meth:`chain`; the rest is derived from it)."""
 
     #: the ``--method`` value
     name: ClassVar[str] = "base"
@@ -125,6 +191,10 @@ class Method(nn.Module):
     #: True when every unit's loss reads only its own unit and the shared parameters, so units may
     #: train on different ranks (``--parallel blocks``) or in one vmapped step
     local_units: ClassVar[bool] = False
+    #: True when the blocks share one structure and one per-block loss ``block_loss(logits, u_y, y,
+    #: eps_T, weight, head)`` over a fixed marginal ``schedule``, so ``--parallel fused`` can vmap
+    #: all of them in one step (parallel/fused.py; NoProp-DT)
+    fusable: ClassVar[bool] = False
     #: the task names (:data:`noprop.tasks.TASKS`) the method can be built for
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: what ``predict_steps``'s read-outs are, as the x-axis of a per-step figure (discrete methods)
@@ -132,6 +202,9 @@ class Method(nn.Module):
     #: label dimensions per example of the task it was built for (``Task.label_dims``): z has shape
     #: (*x.shape[: 1 + label_dims], d), one noised label embedding per label
     label_dims: int = 0
+    #: whether two inference chains on one input differ (False: a network without sampled noise, so
+    #: mixtures of chains and the deterministic chain add nothing)
+    stochastic: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, options: Any, ctx: BuildContext) -> Method:
@@ -183,16 +256,90 @@ class Method(nn.Module):
         """Scalar training loss of ``unit`` on a batch, and named components for logging."""
         raise NotImplementedError
 
-    def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Class logits read out after every inference step, shape (S, B, m); the last is the prediction.
+    # ------------------------------------------------------------- inference: the chain protocol
+    def chain(
+        self,
+        x: Tensor,
+        *,
+        chains: int = 1,
+        deterministic: bool = False,
+        steps: int | None = None,
+        solver: str | None = None,
+        kinds: Collection[str] | None = None,
+    ) -> Iterator[Readout]:
+        """The inference trajectory of ``chains`` chains on inputs x: every read-out the method
+        defines (:class:`Readout`), in chain order — the one place a method's sampler is written
+        (its :meth:`walk`).
 
-        Continuous-time methods accept ``steps`` and ``solver`` keywords as well (defaults: the config's
-        ``--inference-steps`` / ``--solver``) and report S ≤ 11 evenly spaced grid points incl. the last.
+        Everything that runs inference consumes it: :meth:`predict_steps` (training's validation,
+        ``eval``, ``eval --steps``), :meth:`final_logits` (``predict``, ``eval --chains``), the fair
+        read-outs of text runs (:mod:`noprop.runs.readouts`) and the lab's figures. ``kinds``: yield
+        (and compute) only read-outs of these kinds (e.g. ``{self.prediction_kind}``). Lazy: a
+        consumer that stops early runs no later block. ``deterministic``: z_0 = its mode and no
+        sampled noise (one chain). ``steps``/``solver``: methods with an inference solver only
+        (defaults: ``--inference-steps`` / ``--solver``). Chain s draws the random numbers the
+        method's inference draws on x repeated ``chains`` times (rows s·B .. s·B + B − 1).
+        The arguments are checked here, before the first read-out is asked for.
         """
+        if chains < 1:
+            raise ConfigError(f"--chains must be >= 1 (got {chains})")
+        if (steps is not None or solver is not None) and not self.solvers:
+            raise ConfigError(
+                f"--method {self.name} has no inference steps or solver (its chain has one step "
+                "per block)"
+            )
+        spec = ChainSpec(1 if deterministic else chains, deterministic, steps, solver,
+                         None if kinds is None else frozenset(kinds))  # fmt: skip
+        return self.walk(x, spec)
+
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """The method's sampler (a generator under ``torch.no_grad()``): the read-outs of
+        ``spec.chains`` chains on x, those of the kinds ``spec.wants``; called by :meth:`chain`."""
         raise NotImplementedError
 
+    def readout_names(self) -> list[str]:
+        """The names :meth:`chain` yields at the default steps, in order (the candidates of a fair
+        read-out); a method may leave some out (back-prop on text: only its ``output``)."""
+        raise NotImplementedError
+
+    @property
+    def prediction_kind(self) -> str:
+        """The kind of read-out that is the method's prediction after each step (the paper's)."""
+        return "head"
+
+    def paper_readout(self) -> str:
+        """The read-out the paper defines: the last one of :attr:`prediction_kind`."""
+        return [n for n in self.readout_names() if kind_of(n) == self.prediction_kind][-1]
+
+    def predict_steps(
+        self,
+        x: Tensor,
+        *,
+        deterministic: bool = False,
+        steps: int | None = None,
+        solver: str | None = None,
+    ) -> Tensor:
+        """Logits of the prediction read out after every inference step, (S, B[, L], m): the
+        :attr:`prediction_kind` read-outs of one :meth:`chain`; the last is the prediction."""
+        with torch.no_grad():
+            kinds = {self.prediction_kind}
+            return torch.stack([
+                r.logits[0] for r in self.chain(x, deterministic=deterministic, steps=steps,
+                                                solver=solver, kinds=kinds)
+            ])  # fmt: skip
+
+    @torch.no_grad()
+    def final_logits(self, x: Tensor, *, chains: int = 1, deterministic: bool = False) -> Tensor:
+        """The prediction's logits of ``chains`` chains, (C, B[, L], m) (deterministic: C = 1)."""
+        last = None
+        for r in self.chain(x, chains=1 if deterministic else chains, deterministic=deterministic,
+                            kinds={self.prediction_kind}):  # fmt: skip
+            last = r
+        assert last is not None, f"{self.name}'s chain yields no {self.prediction_kind} read-out"
+        return last.logits
+
     def predict(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        return self.predict_steps(x, deterministic=deterministic)[-1]
+        return self.final_logits(x, deterministic=deterministic)[0]
 
     @contextlib.contextmanager
     def validating(self) -> Iterator[None]:
@@ -208,9 +355,36 @@ class Method(nn.Module):
             "measured no faster for the dt block and the back-prop twin: BENCHMARKS.md)"
         )
 
+    def output_embeddings(self) -> Tensor:
+        """The output space's class vectors (m, d), which the chain's states move towards: W_Embed
+        (DiffusionBlocks: its normalised Ê; back-prop on text: the tied unembedding)."""
+        return self.embedding.weight
+
     def z_shape(self, x: Tensor) -> tuple[int, ...]:
         """Shape of z for inputs ``x``: (B, d) for classification, (B, L, d) for next-token tasks."""
         return (*x.shape[: 1 + self.label_dims], self.embedding.dim)
+
+
+class BlockwiseMethod(Method):
+    """A method whose units are its blocks: ``self.blocks`` (an ``nn.ModuleList``, block t = unit t
+    − 1), trained one at a time; ``options.T`` is the number of blocks (DT, DiffusionBlocks)."""
+
+    local_units = True
+
+    @classmethod
+    def units_for(cls, options: Any) -> int:
+        return options.T
+
+    @property
+    def T(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_units(self) -> int:
+        return len(self.blocks)
+
+    def unit_modules(self, unit: int) -> list[nn.Module]:
+        return [self.blocks[unit]]
 
 
 class ContinuousTimeMethod(Method):
@@ -335,28 +509,40 @@ class ContinuousTimeMethod(Method):
             h_x, u_y = repeat_rows(h_x, self.t_samples), repeat_rows(u_y, self.t_samples)
         return h_x, u_y, torch.rand(u_y.shape[:-1], device=u_y.device)
 
+    def chain_kinds(self) -> tuple[str, ...]:
+        """The read-outs at every recorded grid point, in order (default: the head on z_t)."""
+        return ("head",)
+
+    def chain_readout(self, kind: str, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """Logits of read-out ``kind`` at (z_t, t) from the cached features h_x."""
+        if kind == "head":
+            return self.read_out(z)
+        raise ValueError(f"{self.name} has no read-out kind {kind!r}")
+
+    def readout_names(self) -> list[str]:
+        """``kind_k`` for every kind of :meth:`chain_kinds` at every recorded grid point k of the
+        default ``--inference-steps`` (:func:`noprop.solvers.record_indices`)."""
+        record = record_indices(self.inference_steps)
+        return [f"{kind}_{k}" for k in record for kind in self.chain_kinds()]
+
     @torch.no_grad()
-    def predict_steps(
-        self,
-        x: Tensor,
-        *,
-        deterministic: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-    ) -> Tensor:
-        """Integrate from z_0 (t = 0) to z_1 with the image features h_x computed once per input;
-        read-out logits at ≤ 11 evenly spaced grid points incl. the last, (S, B, m) (text:
-        (S, B, L, m), every position on the one t-grid)."""
-        steps, solver = self.inference_options(steps, solver)
-        zs = self.trajectory(
-            self.block.encode_x(x),
-            self.initial_z(x, deterministic),
-            steps,
-            solver,
-            record_indices(steps),
-            deterministic=deterministic,
-        )
-        return torch.stack([self.read_out(z) for z in zs])
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """Integrate from z_0 (t = 0) to z_1 with the input features h_x computed once per input
+        (and repeated for the chains); read out at ≤ 11 evenly spaced grid points incl. the last
+        (text: every position on the one t-grid). See :meth:`Method.chain`."""
+        steps, solver = self.inference_options(spec.steps, spec.solver)
+        C, deterministic = spec.chains, spec.deterministic
+        record = record_indices(steps)
+        h_x = chain_features(self.block, x, C)
+        x_rows = x if C == 1 else repeat_rows(x, C)
+        z_0 = self.initial_z(x_rows, deterministic)
+        zs = self.trajectory(h_x, z_0, steps, solver, record, deterministic=deterministic)
+        wanted = [k for k in self.chain_kinds() if spec.wants(k)]
+        for k, z in zip(record, zs, strict=True):
+            t = torch.tensor(k / steps, device=z.device)
+            for kind in wanted:
+                logits = self.chain_readout(kind, h_x, z, t)
+                yield Readout(f"{kind}_{k}", by_chain(logits, C), by_chain(z, C), k / steps)
 
     def trajectory(
         self,

@@ -1,5 +1,5 @@
 """NoProp-CT (spec §1.6, Algorithm 2, §2.4): one network û_θ(z_t, x, t) for all t ∈ [0, 1] and a
-learned noise schedule (App. B, schedules_ct.py).
+learned noise schedule (App. B, schedules/learned.py).
 
 Legend: t ∈ [0, 1] (0 = noise, 1 = label), ᾱ_t ``alpha_bar``, γ(t) ``gamma``, SNR(t) = exp(−γ(t)),
 SNR′(t) ``snr_prime``, η ``eta``, û_θ(z_t, x, t) ``u_hat``, u_y ``u_y``, W_Embed ``W``, h_x the cached
@@ -52,9 +52,8 @@ from ..errors import ConfigError
 from ..models.ct_blocks import CTBlock
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least, positive
-from ..schedules import kl_prior, posterior_coefficients
-from ..schedules_ct import LearnedSchedule
-from ..solvers import ODE_SOLVERS, STOCHASTIC, integrate
+from ..schedules import LearnedSchedule, kl_prior, posterior_coefficients
+from ..solvers import ODE_SOLVERS, STOCHASTIC, ancestral_step, integrate
 from .base import BuildContext, ContinuousTimeMethod, TimeSamplingOptions
 
 CT_SOLVERS = (*STOCHASTIC, *ODE_SOLVERS)
@@ -185,6 +184,16 @@ class NoPropCT(ContinuousTimeMethod):
         }
 
     # -------------------------------------------------------------- inference
+    def chain_kinds(self) -> tuple[str, ...]:
+        """``p_k``: softmax of û_θ's logits at (z_{t_k}, t_k), trained by Eq. 9's L2 term (a Brier
+        score); ``head_k``: p̂_θout(y | z_{t_k}), the paper's read-out."""
+        return ("p", "head")
+
+    def chain_readout(self, kind: str, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        if kind == "p":
+            return self.block_fuse(h_x, z, t)
+        return super().chain_readout(kind, h_x, z, t)
+
     def trajectory(
         self,
         h_x: Tensor,
@@ -231,9 +240,8 @@ class NoPropCT(ContinuousTimeMethod):
         wanted, z = set(record), z_0
         out = [z_0] if 0 in wanted else []
         for k in range(1, t_grid.numel()):
-            z = a[k] * self.u_hat(h_x, z, t_grid[k - 1].float()) + b[k] * z
-            if noise:
-                z = z + c[k].sqrt() * torch.randn_like(z)
+            z = ancestral_step(z, self.u_hat(h_x, z, t_grid[k - 1].float()), a[k], b[k], c[k],
+                               noise=noise)  # fmt: skip
             if k in wanted:
                 out.append(z)
         return out

@@ -2,7 +2,7 @@
 alone to denoise the label embedding over its own range of EDM noise levels.
 
 Legend: σ ``sigma`` (z_σ = ŷ + σ·ε), Ê the embedding table with L2-normalised rows (``targets``), ŷ = Ê[y],
-c_in / c_noise / c_skip / c_out and w(σ) from :class:`~noprop.schedules_edm.EDMNoise`, F_b block b's
+c_in / c_noise / c_skip / c_out and w(σ) from :class:`~noprop.schedules.edm.EDMNoise`, F_b block b's
 network, D̂ the denoised estimate. Blocks are 0-based: block 0 owns the highest noise and runs first at
 inference; *unit* b trains block b (``--T`` is B, the number of blocks).
 
@@ -28,7 +28,7 @@ noising of ŷ, never from another block, so no other block runs forward and no g
 
 Inference (spec §4): z = σ_max·ε (``deterministic``: z = 0, the mode), an N-step grid equally spaced in
 CDF space from σ_max to σ_min (``--inference-steps``; default N = B, one evaluation per block), the
-block owning each σ (:func:`~noprop.schedules_edm.block_of_step`) gives D̂, and Euler steps
+block owning each σ (:func:`~noprop.schedules.edm.block_of_step`) gives D̂, and Euler steps
 z ← z + (σ_next − σ)(z − D̂)/σ; a last evaluation at σ_min gives the prediction. The read-out after
 every step is the block's own logits — its direct estimate of p(y | x) — so there is no head.
 
@@ -41,6 +41,7 @@ its own logits, through the position-wise label branch and fusion).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,9 +52,17 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least, fraction
-from ..schedules_edm import EDMNoise, block_of_step, euler_step
-from ..solvers import record_indices
-from .base import BuildContext, Method, MethodOptions
+from ..schedules import EDMNoise, block_of_step
+from ..solvers import edm_euler_step, record_indices
+from .base import (
+    BlockwiseMethod,
+    BuildContext,
+    ChainSpec,
+    MethodOptions,
+    Readout,
+    by_chain,
+    chain_features,
+)
 from .fm import nearest_embedding_logits
 
 DB_SOLVERS = ("euler",)
@@ -85,12 +94,11 @@ class DiffusionBlocksConfig(MethodOptions):
             at_least("inference_steps", self.inference_steps)
 
 
-class DiffusionBlocks(Method):
+class DiffusionBlocks(BlockwiseMethod):
     name = "diffusionblocks"
     label = "DiffusionBlocks"
     Config = DiffusionBlocksConfig
     default_optimizer = "adamw"
-    local_units = True
     tasks = ("classification", "language")
     solvers = DB_SOLVERS
     step_axis = "evaluation k (the owning block's logits at σ_k; k = 0 is σ_max = 80)"
@@ -107,10 +115,6 @@ class DiffusionBlocks(Method):
             loss=options.db_loss,
             inference_steps=options.inference_steps,
         )
-
-    @classmethod
-    def units_for(cls, options: DiffusionBlocksConfig) -> int:
-        return options.T
 
     def __init__(
         self,
@@ -132,17 +136,6 @@ class DiffusionBlocks(Method):
         self.inference_steps = inference_steps or len(blocks)
         self.solver = "euler"
 
-    @property
-    def T(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def num_units(self) -> int:
-        return self.T
-
-    def unit_modules(self, unit: int) -> list[nn.Module]:
-        return [self.blocks[unit]]
-
     def shared_parameters(self) -> list[nn.Parameter]:
         """A learned Ê (read by every block's loss); there is no head."""
         return [self.embedding.weight] if self.embedding.learnable else []
@@ -153,6 +146,9 @@ class DiffusionBlocks(Method):
         D̂ (the authors' code normalised only the former, spec §5). One-hot rows are unit already."""
         W = self.embedding.weight
         return W if self.embedding.kind == "one-hot" else F.normalize(W, dim=-1)
+
+    def output_embeddings(self) -> Tensor:
+        return self.targets()
 
     def mix(self, p: Tensor) -> Tensor:
         """p·Ê for p of shape (..., m) (one-hot: p itself, exactly, as ClassEmbedding.mix)."""
@@ -203,42 +199,48 @@ class DiffusionBlocks(Method):
         return total, {"loss": total.detach(), self.loss_kind: per.mean().detach()}
 
     # ---------------------------------------------------------------- inference
+    @property
+    def prediction_kind(self) -> str:
+        """``p`` (the owning block's own softmax, ``--db-loss ce``) or ``near`` (the embedding
+        nearest to D̂, ``--db-loss l2``, whose outputs are not scores)."""
+        return "p" if self.loss_kind == "ce" else "near"
+
+    def readout_names(self) -> list[str]:
+        return [f"{self.prediction_kind}_{k}" for k in record_indices(self.inference_steps)]
+
     @torch.no_grad()
-    def predict_steps(
-        self,
-        x: Tensor,
-        *,
-        deterministic: bool = False,
-        steps: int | None = None,
-        solver: str | None = None,
-    ) -> Tensor:
-        """Logits read out at the grid points (≤ 11 evenly spaced ones, incl. the last, for N ≥ 11;
-        all N + 1 otherwise), shape (S, B[, L], m); the last is the prediction at σ_min."""
-        steps = self.inference_steps if steps is None else steps
-        if solver not in (None, *self.solvers):
-            raise ConfigError(f"--method diffusionblocks has no solver {solver!r}; it uses euler")
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """The Euler sampler (spec §4; :meth:`Method.chain`): read out at the grid points (≤ 11
+        evenly spaced ones, incl. the last, for N ≥ 11; all N + 1 otherwise); state z_{σ_k}."""
+        steps = self.inference_steps if spec.steps is None else spec.steps
+        if spec.solver not in (None, *self.solvers):
+            raise ConfigError(
+                f"--method diffusionblocks has no solver {spec.solver!r}; it uses euler"
+            )
+        C, deterministic = spec.chains, spec.deterministic
         grid = self.noise.grid(steps)  # float64, σ_max .. σ_min
-        wanted = set(record_indices(steps))
+        record = record_indices(steps)  # validates steps >= 1
+        wanted = set(record) if spec.wants(self.prediction_kind) else set()
         W = self.embedding.weight
-        shape = self.z_shape(x)
+        shape = (C * x.shape[0], *self.z_shape(x)[1:])
         z = (
             W.new_zeros(shape)
             if deterministic
             else self.noise.sigma_max * torch.randn(shape, device=W.device, dtype=W.dtype)
         )
-        h: dict[int, Tensor] = {}  # image / context features, once per block and input
-        out = []
+        h: dict[int, Tensor] = {}  # input features, once per block and input (repeated per chain)
         for k in range(steps + 1):
             b = block_of_step(k, steps, self.T)
             if b not in h:
-                h[b] = self.blocks[b].encode_x(x)
+                h[b] = chain_features(self.blocks[b], x, C)
             sigma = grid[k].to(device=W.device, dtype=W.dtype)
             logits = self.block_logits(b, z, sigma, h_x=h[b])
             if k in wanted:
-                out.append(logits if self.loss_kind == "ce" else self._read_out(z, logits, sigma))
+                out = logits if self.loss_kind == "ce" else self._read_out(z, logits, sigma)
+                name = f"{self.prediction_kind}_{k}"
+                yield Readout(name, by_chain(out, C), by_chain(z, C), k / steps)
             if k < steps:
-                z = euler_step(z, self.denoise(z, logits, sigma), sigma, grid[k + 1].item())
-        return torch.stack(out)
+                z = edm_euler_step(z, self.denoise(z, logits, sigma), sigma, grid[k + 1].item())
 
     def _read_out(self, z: Tensor, logits: Tensor, sigma: Tensor) -> Tensor:
         """``--db-loss l2``: logits of the class embedding nearest to D̂ (its outputs are not scores)."""

@@ -30,6 +30,7 @@ Two training options beyond the paper (issue 22; both default to the paper's los
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,16 @@ from ..errors import ConfigError
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least, non_negative, positive
 from ..schedules import CosineSchedule, DiscreteSchedule, kl_prior
-from .base import BuildContext, Method, MethodOptions
+from ..solvers import ancestral_step
+from .base import (
+    BlockwiseMethod,
+    BuildContext,
+    ChainSpec,
+    MethodOptions,
+    Readout,
+    block_logits,
+    by_chain,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +60,7 @@ class DTConfig(MethodOptions):
     eta: float = 0.1
     """η, weight of the denoising term (Eq. 8; Table 3: 0.1 for dt, 1 for ct)"""
     cosine_s: float = 0.008
-    """dt: offset s of the fixed cosine schedule (schedules.py)"""
+    """dt: offset s of the fixed cosine schedule (schedules/discrete.py)"""
     alpha_bar_min: float = 1e-4
     """dt: lower clip of ᾱ_t (the noise end)"""
     alpha_bar_max: float = 0.999
@@ -75,12 +85,12 @@ class DTConfig(MethodOptions):
             )
 
 
-class NoPropDT(Method):
+class NoPropDT(BlockwiseMethod):
     name = "dt"
     label = "NoProp-DT"
     Config = DTConfig
     default_optimizer = "adamw"
-    local_units = True
+    fusable = True
     tasks = ("classification", "language")
 
     @classmethod
@@ -105,10 +115,6 @@ class NoPropDT(Method):
             head_every_step=options.head_every_step,
         )
 
-    @classmethod
-    def units_for(cls, options: DTConfig) -> int:
-        return options.T
-
     def __init__(
         self,
         blocks: list[nn.Module],
@@ -132,13 +138,6 @@ class NoPropDT(Method):
     @property
     def T(self) -> int:
         return self.schedule.T
-
-    @property
-    def num_units(self) -> int:
-        return self.T
-
-    def unit_modules(self, unit: int) -> list[nn.Module]:
-        return [self.blocks[unit]]
 
     def u_hat(self, t: int, x: Tensor, z_prev: Tensor) -> Tensor:
         """û_θt(z_{t-1}, x) = softmax(logits) · W_Embed (spec §3.1): a convex combination of embeddings."""
@@ -201,31 +200,36 @@ class NoPropDT(Method):
             parts["own_ce"] = own_ce.detach()
         return total, {"loss": total.detach(), **parts}
 
+    def readout_names(self) -> list[str]:
+        """``head_0``, then per block t ``p_t`` (block t's own softmax on z_{t−1}) and ``head_t``
+        (p̂_θout on z_t); the paper's prediction is ``head_T``."""
+        return ["head_0", *[n for t in range(1, self.T + 1) for n in (f"p_{t}", f"head_{t}")]]
+
     @torch.no_grad()
-    def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Inference by Eq. 3 from z_0; returns the head's logits on z_0..z_T, shape (T+1, B, m).
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """Inference by Eq. 3 from z_0 (:meth:`Method.chain`): head(z_0), then for t = 1..T block t's
+        logits on z_{t−1} (``p_t``) and head(z_t) (``head_t``).
 
         ``deterministic=False`` (the paper): z_0 ~ N(0, I) and fresh ε_t at every step.
         ``deterministic=True`` ([I]): z_0 = 0 (the mode of p(z_0)) and ε_t = 0, i.e. the posterior mean
         path; repeated runs give identical predictions.
         """
-        W = self.embedding.weight
-        return torch.stack([self.head(z, W) for z in self.chain(x, deterministic=deterministic)])
-
-    @torch.no_grad()
-    def chain(self, x: Tensor, *, deterministic: bool = False) -> list[Tensor]:
-        """z_0, ..., z_T of one inference chain (Eq. 3), each of shape :meth:`z_shape`."""
+        C, deterministic = spec.chains, spec.deterministic
         s, W = self.schedule, self.embedding.weight
-        shape = self.z_shape(x)  # (B, d), or (B, L, d) with a label per position
+        shape = (C * x.shape[0], *self.z_shape(x)[1:])  # (C·B, d), or (C·B, L, d) on text
         z = (  # W's dtype: x may hold byte ids
             W.new_zeros(shape)
             if deterministic
             else torch.randn(shape, device=W.device, dtype=W.dtype)
         )
-        zs = [z]
+        heads, own = spec.wants("head"), spec.wants("p")
+        if heads:
+            yield Readout("head_0", by_chain(self.head(z, W), C), by_chain(z, C), 0.0)
         for t in range(1, self.T + 1):
-            z = s.a[t] * self.u_hat(t, x, z) + s.b[t] * z  # Eq. 3, mean
-            if not deterministic:
-                z = z + s.c[t].sqrt() * torch.randn_like(z)  # Eq. 3, noise
-            zs.append(z)
-        return zs
+            logits = block_logits(self.blocks[t - 1], x, z, C)  # block t on z_{t−1}
+            if own:
+                yield Readout(f"p_{t}", by_chain(logits, C), by_chain(z, C), t / self.T)
+            u_hat = self.embedding.mix(logits.softmax(-1))
+            z = ancestral_step(z, u_hat, s.a[t], s.b[t], s.c[t], noise=not deterministic)  # Eq. 3
+            if heads:
+                yield Readout(f"head_{t}", by_chain(self.head(z, W), C), by_chain(z, C), t / self.T)

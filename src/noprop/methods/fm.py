@@ -73,6 +73,9 @@ DEFAULT_SOURCE_SIGMA = 0.1
 FM_PREDICTS = ("auto", "velocity", "clean")
 #: [I] ``--fm-predict clean``: v_θ = (z̃_1 − z_t) / max(1 − t, T_EPS), as Li & He (2025, "JiT")
 T_EPS = 0.05
+#: [I] the probability floor ε of the ``p_k`` read-out with ``--fm-predict velocity`` (before
+#: renormalising): z̃_1 is not constrained to the simplex
+FM_FLOOR = 1e-4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,3 +258,30 @@ class NoPropFM(ContinuousTimeMethod):
     def read_out(self, z: Tensor) -> Tensor:
         """Logits of the nearest class embedding (Euclidean) to z (spec §1.7 read-out)."""
         return nearest_embedding_logits(z, self.embedding.weight)
+
+    @property
+    def prediction_kind(self) -> str:
+        return "near"
+
+    def chain_kinds(self) -> tuple[str, ...]:
+        """``near_k`` = softmax(−‖z_{t_k} − u_j‖²), the paper's read-out (as a distribution its
+        temperature 1 is arbitrary); then the network's own estimate of p(y | x, z_t): ``p_k`` with
+        a fixed W_Embed, ``head_k`` = p̂_θout(y | z̃_1) with a learned one (the head is trained on
+        z̃_1 by Eq. 13 then)."""
+        return ("near", "head" if self.embedding.learnable else "p")
+
+    def chain_readout(self, kind: str, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """``p_k`` [I] (one-hot W_Embed, where the head is inert): z̃_1 = z_t + (1 − t) v_θ (Eq. 12)
+        minimises Eq. 11's L2 at E[u_y | z_t, x] — with one-hot W_Embed the posterior probability
+        vector itself. With ``--fm-predict clean`` z̃_1 = softmax(logits)·W_Embed, so ``p_k`` is
+        that softmax (its logits); with ``velocity`` z̃_1 is not on the simplex and is read as
+        p ∝ max(z̃_1, 0) + :data:`FM_FLOOR` (every class keeps mass)."""
+        if kind == "near":
+            return self.read_out(z)
+        if kind == "p" and self.prediction == "clean" and not self.embedding.learnable:
+            return self.block_fuse(h_x, z, t)
+        z1 = z + (1 - t) * self.v(h_x, z, t)  # z̃_1 (Eq. 12) = E[u_y | z_t, x] at the optimum
+        if kind == "head":
+            return self.head(z1, self.embedding.weight)
+        p = z1.float().clamp_min(0) + FM_FLOOR
+        return (p / p.sum(-1, keepdim=True)).log()

@@ -11,12 +11,14 @@ NoProp-DT's read-out after every block and the trainer's per-step accuracy is th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.transformer import TransformerLM
-from .base import BuildContext, Method
+from .base import BuildContext, ChainSpec, Method, Readout
 
 
 class TransformerBackprop(Method):
@@ -24,6 +26,7 @@ class TransformerBackprop(Method):
     label = "Backprop (transformer)"
     default_optimizer = "adamw"
     tasks = ("language",)
+    stochastic = False
 
     @classmethod
     def from_config(cls, options, ctx: BuildContext) -> TransformerBackprop:  # type: ignore[override]
@@ -54,8 +57,30 @@ class TransformerBackprop(Method):
         ce = F.cross_entropy(logits.flatten(0, -2), y.flatten())
         return ce, {"loss": ce.detach(), "ce": ce.detach()}
 
+    def output_embeddings(self) -> Tensor:
+        return self.lm.unembedding
+
+    def readout_names(self) -> list[str]:
+        """One read-out, the model's ``output`` (the logit lens of earlier layers is no candidate:
+        the model is trained on its output only)."""
+        return ["output"]
+
+    @property
+    def prediction_kind(self) -> str:
+        return "lens"
+
+    def paper_readout(self) -> str:
+        return "output"
+
     @torch.no_grad()
-    def predict_steps(self, x: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Logit lens after the embedding and every layer, (T+1, B, L, 256); the last is the model's
-        output. The model has no noise, so ``deterministic`` changes nothing."""
-        return torch.stack([self.lm.lens(h) for h in self.lm.residual_stream(x)])
+    def walk(self, x: Tensor, spec: ChainSpec) -> Iterator[Readout]:
+        """``lens_l``: the logit lens of the residual stream h_l after the embedding and every layer
+        (state h_l), l = 0..T; then ``output``, the model's output (= ``lens_T``). The model draws no
+        noise: one chain whatever ``chains`` and ``deterministic`` (:attr:`stochastic` is False)."""
+        last = None  # lens_T is the output: not computed twice
+        if spec.wants("lens"):
+            for i, h in enumerate(self.lm.residual_stream(x)):
+                last = self.lm.lens(h)[None]
+                yield Readout(f"lens_{i}", last, h[None], i / self.T)
+        if spec.wants("output"):
+            yield Readout("output", self.lm(x)[None] if last is None else last, None, 1.0)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..errors import ConfigError, DivergenceError
-from ..methods.dt import NoPropDT
+from ..methods import METHODS, Method
 from ..models.dropout import FastDropout
 from ..tasks import Task
 from ..training.callbacks import Callback
@@ -54,6 +54,13 @@ from ..training.config import TrainConfig
 from ..training.order import Interleaved, Step
 from ..training.steps import Optimizers, Parts, StepFunction, params_finite
 from ..training.trainer import Evaluator, Trainer
+
+
+def check_fusable(method: Method) -> None:
+    """ConfigError unless the method's per-block loss can be vmapped (``Method.fusable``)."""
+    if not method.fusable:
+        names = ", ".join(n for n, cls in METHODS.items() if cls.fusable)
+        raise ConfigError(f"--parallel fused needs --method {names} (not {method.name})")
 
 
 def vmap_safe(module: nn.Module) -> nn.Module:
@@ -88,11 +95,10 @@ class FusedStep(StepFunction):
     Under ``16-mixed`` the T blocks share one GradScaler ([I]: they take one joint optimiser step, so
     an overflow in any block skips the step of all; per-block scales would need per-block steps)."""
 
-    def __init__(self, method: NoPropDT, optimizers: Optimizers, precision: str = "32") -> None:
-        if not isinstance(method, NoPropDT):
-            raise ConfigError("--parallel fused needs --method dt")
+    def __init__(self, method: Method, optimizers: Optimizers, precision: str = "32") -> None:
+        check_fusable(method)
         super().__init__(method, optimizers, precision)
-        self.dt = method
+        self.dt: Any = method  # a fusable method: blocks, schedule, block_loss, weight (NoProp-DT)
         blocks = list(method.blocks)
         check_same_structure(blocks)
         self.template = vmap_safe(copy.deepcopy(blocks[0]).to("meta")).train()
@@ -262,7 +268,7 @@ class FusedStep(StepFunction):
 
 
 def fused_trainer(
-    method: NoPropDT,
+    method: Method,
     cfg: TrainConfig,
     device: torch.device,
     *,
@@ -272,8 +278,7 @@ def fused_trainer(
     evaluator: Evaluator | None = None,
 ) -> Trainer:
     """The one-process trainer of ``--parallel fused``: every block on every batch, one vmapped step."""
-    if not isinstance(method, NoPropDT):
-        raise ConfigError("--parallel fused needs --method dt")
+    check_fusable(method)
     trainer = Trainer(
         method,
         cfg,

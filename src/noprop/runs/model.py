@@ -136,11 +136,11 @@ class TrainedModel:
             torch.manual_seed(seed)
             for start in range(0, xs.shape[0], bs):
                 xb = xs[start : start + bs]
-                rep = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain k is rows k·B..(k+1)·B−1
-                with autocast(self.precision, self.device):
-                    logits = self.method.predict_steps(rep, deterministic=deterministic)[-1]
-                probs = logits.float().softmax(-1).view(chains, xb.shape[0], -1).mean(0)
-                out.append(probs)
+                with autocast(self.precision, self.device):  # (C, B, m); inputs encoded once
+                    logits = self.method.final_logits(
+                        xb, chains=chains, deterministic=deterministic
+                    )
+                out.append(logits.float().softmax(-1).mean(0))
         probs = torch.cat(out).cpu()
         if not bool(torch.isfinite(probs).all()):  # never print nan as a prediction
             raise DivergenceError(

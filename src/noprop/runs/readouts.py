@@ -27,7 +27,7 @@ Read-outs (``name``; t a block, k an index of the solver's recorded grid points,
   with one-hot W_Embed (the head is inert), so ``p_k`` is added: the extrapolation z̃_1 = z_t + (1 − t)
   v_θ(z_t, x, t) (Eq. 12) minimises Eq. 11's L2 at z̃_1 = E[u_y | z_t, x] — with one-hot W_Embed the
   posterior probability vector itself (a Brier-trained estimate). It is not constrained to the simplex,
-  so it is read as p ∝ max(z̃_1, 0) + ε with ε = :data:`FM_FLOOR` (every byte keeps mass). With a
+  so it is read as p ∝ max(z̃_1, 0) + ε with ε = :data:`noprop.methods.fm.FM_FLOOR` (every byte keeps mass). With a
   learned W_Embed the head *is* trained, by Eq. 13 on z̃_1, so ``head_k`` = p̂_θout(y | z̃_1) instead.
   With ``--fm-predict clean`` (the text default) z̃_1 = softmax(logits)·W_Embed, so one-hot ``p_k`` is
   that softmax itself, no floor needed.
@@ -59,16 +59,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..methods import DiffusionBlocks, Method, NoPropCT, NoPropDT, NoPropFM
-from ..methods.base import repeat_rows
-from ..methods.transformer import TransformerBackprop
+from ..methods import Method, kind_of
 from ..precision import float32
-from ..schedules_edm import block_of_step, euler_step
-from ..solvers import record_indices
 
 __all__ = [
     "CHAIN_CHOICES",
-    "CHAIN_METHODS",
     "TEMPERATURES",
     "ReadoutChoice",
     "batches",
@@ -91,52 +86,25 @@ LN2 = math.log(2.0)
 CHAIN_CHOICES = (1, 2, 4, 8)
 #: the temperatures a calibration chooses from (log-spaced, 1 included)
 TEMPERATURES = torch.logspace(math.log10(0.25), math.log10(64.0), 49, dtype=torch.float64)
-#: the probability floor ε of FM's ``p_k`` read-out (before renormalising) [I]
-FM_FLOOR = 1e-4
-#: the methods whose chains are read out here
-CHAIN_METHODS = (NoPropDT, NoPropCT, NoPropFM, DiffusionBlocks)
 
 
 def check_text_method(method: Method) -> None:
-    """ConfigError unless ``method`` is a text model this module reads."""
-    if not isinstance(method, (TransformerBackprop, *CHAIN_METHODS)) or method.label_dims != 1:
-        raise ConfigError(
-            "this analysis reads text models: --method backprop, dt, ct, fm or diffusionblocks "
-            "on a text data set"
-        )
+    """ConfigError unless ``method`` was built for text (a label per position)."""
+    if method.label_dims != 1:
+        raise ConfigError(f"this analysis reads text models; this {method.name} run is not one")
 
 
 # ------------------------------------------------------------------------ what is read out
-def _grid(method: NoPropCT | NoPropFM | DiffusionBlocks) -> tuple[int, list[int]]:
-    steps = method.inference_steps
-    return steps, record_indices(steps)
-
-
 def readout_names(method: Method) -> list[str]:
-    """Every read-out of ``method``, in the order :func:`chain_readouts` produces them."""
+    """Every read-out of ``method`` (:meth:`Method.readout_names`), in chain order."""
     check_text_method(method)
-    if isinstance(method, TransformerBackprop):
-        return ["output"]
-    if isinstance(method, NoPropDT):
-        return ["head_0", *[n for t in range(1, method.T + 1) for n in (f"p_{t}", f"head_{t}")]]
-    _, record = _grid(method)
-    if isinstance(method, DiffusionBlocks):
-        kind = "p" if method.loss_kind == "ce" else "near"
-        return [f"{kind}_{k}" for k in record]
-    if isinstance(method, NoPropCT):
-        return [n for k in record for n in (f"p_{k}", f"head_{k}")]
-    assert isinstance(method, NoPropFM)
-    second = "head" if method.embedding.learnable else "p"
-    return [n for k in record for n in (f"near_{k}", f"{second}_{k}")]
+    return method.readout_names()
 
 
 def paper_readout(method: Method) -> str:
-    """The read-out the paper defines: the last state's head (DT, CT), nearest embedding (FM), the
-    last block's logits (DiffusionBlocks), the output (back-prop)."""
-    names = readout_names(method)
-    if isinstance(method, NoPropFM):
-        return [n for n in names if n.startswith("near_")][-1]
-    return names[-1]
+    """The read-out the paper defines (:meth:`Method.paper_readout`): the last state's head (DT,
+    CT), nearest embedding (FM), the last block's logits (DiffusionBlocks), the output (back-prop)."""
+    return method.paper_readout()
 
 
 def readout_position(method: Method, name: str) -> float:
@@ -144,10 +112,8 @@ def readout_position(method: Method, name: str) -> float:
     if name == "output":
         return 1.0
     i = int(name.rsplit("_", 1)[1])
-    if isinstance(method, NoPropDT):
-        return i / method.T
-    steps, _ = _grid(method)  # type: ignore[arg-type]
-    return i / steps
+    length = method.T if not method.solvers else method.inference_steps  # type: ignore[attr-defined]
+    return i / length
 
 
 @torch.no_grad()
@@ -168,94 +134,17 @@ def chain_readouts(
 def chain_states(
     method: Method, x: Tensor, *, chains: int = 1, deterministic: bool = False
 ) -> Iterator[tuple[str, Tensor, Tensor | None]]:
-    """:func:`chain_readouts` with the state each read-out reads: z_t for ``head_t``, the block's
-    input z_{t−1} for DT's ``p_t``, z_{t_k} (or DiffusionBlocks' z_{σ_k}) at grid point k; None for
-    back-prop's ``output`` (its residual stream is :meth:`TransformerLM.residual_stream`)."""
-    check_text_method(method)
-    C = 1 if deterministic else chains
-    if C < 1:
+    """:func:`chain_readouts` with the state each read-out reads (:class:`noprop.methods.Readout`):
+    z_t for ``head_t``, the block's input z_{t−1} for DT's ``p_t``, z_{t_k} (or DiffusionBlocks'
+    z_{σ_k}) at grid point k; None for back-prop's ``output`` (its residual stream is the state of
+    its ``lens_l`` read-outs)."""
+    names = set(readout_names(method))
+    if chains < 1:
         raise ConfigError(f"--chains must be >= 1 (got {chains})")
-    if isinstance(method, TransformerBackprop):
-        yield "output", float32(method.lm(x)).unsqueeze(0), None
-    elif isinstance(method, NoPropDT):
-        yield from _dt(method, x, C, deterministic)
-    elif isinstance(method, DiffusionBlocks):
-        yield from _diffusion_blocks(method, x, C, deterministic)
-    else:
-        yield from _continuous(method, x, C, deterministic)  # type: ignore[arg-type]
-
-
-Readouts = Iterator[tuple[str, Tensor, Tensor]]
-
-
-def _dt(method: NoPropDT, x: Tensor, C: int, deterministic: bool) -> Readouts:
-    """Eq. 3 as :meth:`NoPropDT.chain`, reading head(z_t) and each block's own logits."""
-    s, W = method.schedule, method.embedding.weight
-    shape = (C, *method.z_shape(x))
-    z = W.new_zeros(shape) if deterministic else torch.randn(shape, device=W.device, dtype=W.dtype)
-    yield "head_0", float32(method.head(z, W)), z
-    for t in range(1, method.T + 1):
-        block = method.blocks[t - 1]
-        logits = block.fuse(block.encode_x(x), z)  # block t on z_{t−1}: p_t
-        yield f"p_{t}", float32(logits), z
-        z = s.a[t] * method.embedding.mix(logits.softmax(-1)) + s.b[t] * z  # Eq. 3, mean
-        if not deterministic:
-            z = z + s.c[t].sqrt() * torch.randn_like(z)  # Eq. 3, noise
-        yield f"head_{t}", float32(method.head(z, W)), z
-
-
-def _diffusion_blocks(method: DiffusionBlocks, x: Tensor, C: int, deterministic: bool) -> Readouts:
-    """The Euler sampler of :meth:`DiffusionBlocks.predict_steps`, reading every recorded evaluation."""
-    steps, record = _grid(method)
-    grid, wanted = method.noise.grid(steps), set(record)
-    W = method.embedding.weight
-    shape = (C, *method.z_shape(x))
-    z = (
-        W.new_zeros(shape)
-        if deterministic
-        else method.noise.sigma_max * torch.randn(shape, device=W.device, dtype=W.dtype)
-    )
-    h: dict[int, Tensor] = {}
-    for k in range(steps + 1):
-        b = block_of_step(k, steps, method.T)
-        if b not in h:
-            h[b] = method.blocks[b].encode_x(x)
-        sigma = grid[k].to(device=W.device, dtype=W.dtype)
-        logits = method.block_logits(b, z, sigma, h_x=h[b])
-        if k in wanted:
-            if method.loss_kind == "ce":
-                yield f"p_{k}", float32(logits), z
-            else:
-                yield f"near_{k}", float32(method._read_out(z, logits, sigma)), z
-        if k < steps:
-            z = euler_step(z, method.denoise(z, logits, sigma), sigma, grid[k + 1].item())
-
-
-def _continuous(method: NoPropCT | NoPropFM, x: Tensor, C: int, deterministic: bool) -> Readouts:
-    """The solver's trajectory (``--solver``, ``--inference-steps``) read at its recorded points."""
-    steps, solver = method.inference_options(None, None)
-    record = record_indices(steps)
-    z_0 = method.initial_z(repeat_rows(x, C), deterministic).view(C, *method.z_shape(x))
-    h_x = method.block.encode_x(x)
-    zs = method.trajectory(h_x, z_0, steps, solver, record, deterministic=deterministic)
-    W = method.embedding.weight
-    for k, z in zip(record, zs, strict=True):
-        t = torch.tensor(k / steps, device=z.device)
-        if isinstance(method, NoPropCT):
-            yield f"p_{k}", float32(method.block_fuse(h_x, z, t)), z
-            yield f"head_{k}", float32(method.read_out(z)), z
-            continue
-        yield f"near_{k}", float32(method.read_out(z)), z
-        if method.prediction == "clean" and not method.embedding.learnable:
-            # z̃_1 = softmax(logits)·W_Embed: with one-hot W_Embed the softmax is z̃_1 itself
-            yield f"p_{k}", float32(method.block_fuse(h_x, z, t)), z
-            continue
-        z1 = z + (1 - t) * method.v(h_x, z, t)  # z̃_1 (Eq. 12) = E[u_y | z_t, x] at the optimum
-        if method.embedding.learnable:
-            yield f"head_{k}", float32(method.head(z1, W)), z
-        else:
-            p = float32(z1).clamp_min(0) + FM_FLOOR
-            yield f"p_{k}", (p / p.sum(-1, keepdim=True)).log(), z
+    kinds = {kind_of(n) for n in names}
+    for r in method.chain(x, chains=chains, deterministic=deterministic, kinds=kinds):
+        if r.name in names:
+            yield r.name, float32(r.logits), r.state
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -301,7 +190,7 @@ def _sizes(method: Method, chains: Sequence[int]) -> list[int]:
     sizes = sorted(set(chains))
     if not sizes or sizes[0] < 1:
         raise ConfigError(f"chain counts must be >= 1 (got {list(chains)})")
-    return [1] if isinstance(method, TransformerBackprop) else sizes
+    return sizes if method.stochastic else [1]
 
 
 @torch.no_grad()
@@ -425,7 +314,7 @@ def fit_temperature(
     """The τ of :data:`TEMPERATURES` whose p ∝ exp(logits / τ) (per chain, then the mixture of
     ``chains``) gives the fewest bits per byte of ``readout`` on (x, y) — validation windows."""
     check_text_method(method)
-    S = 1 if isinstance(method, TransformerBackprop) else chains
+    S = chains if method.stochastic else 1
     method.eval()
     total = torch.zeros(len(TEMPERATURES), dtype=torch.float64)
     with seeded(method, seed):
@@ -499,7 +388,7 @@ def score_readout(
         "paper": {"bits_per_byte": paper.bits[S] / n, "accuracy": paper.hits[S] / n},
         "readouts": rows(sums, sizes, False),
     }
-    if with_deterministic and not isinstance(method, TransformerBackprop):
+    if with_deterministic and method.stochastic:
         det = evaluate_readouts(method, x, y, deterministic=True, batch=batch, seed=seed)
         out["deterministic"] = [
             {"readout": r, "position": readout_position(method, r), "chains": 1,

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..precision import autocast
 from ..training.trainer import Trainer
-from .readouts import CHAIN_METHODS, evaluate_readouts
+from .readouts import evaluate_readouts
 
 
 def best_readout_bits(trainer: Trainer, x: Tensor, y: Tensor, seed: int) -> tuple[str, float]:
@@ -63,7 +63,7 @@ def fair_local_evaluate(
     if (
         not validation
         or deterministic
-        or not isinstance(method, CHAIN_METHODS)
+        or not method.stochastic  # one output, no chain to choose a read-out along
         or method.label_dims != 1
         or "bits_per_byte" not in out
     ):

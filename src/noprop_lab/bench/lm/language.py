@@ -46,15 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from noprop import ConfigError, DiffusionBlocks, Method, NoPropDT, float32
-from noprop.methods import TransformerBackprop
+from noprop import ConfigError, Method, float32
 from noprop.runs.readouts import (
     CHAIN_CHOICES,
     TEMPERATURES,
     ReadoutChoice,
     batches,
     chain_readouts,
-    chain_states,
     check_text_method,
     choose_readout,
     evaluate_readouts,
@@ -162,46 +160,26 @@ def _readouts(
     h_0..h_n, or z_0..z_T of the deterministic chain), from the same pass as the read-out: the
     deterministic chain is run once per batch, not once for the scores and again for the trajectory."""
     for xb, yb in batches(x, y, batch, desc, progress):
-        if isinstance(method, TransformerBackprop):
-            if keep_states:
-                states = method.lm.residual_stream(xb)
-                yield yb, {"output": float32(method.lm.lens(states[-1]))}, states
-            else:
-                yield yb, {"output": float32(method.lm(xb))}, None
+        det = _prediction_rows(method, xb)  # no noise drawn: the seed's draws are unchanged
+        if not method.stochastic:  # back-prop: its output (= the lens of the last state)
+            yield yb, {"output": det[-1][0][0]}, det if keep_states else None
             continue
-        if not isinstance(method, NoPropDT):  # CT, FM, DiffusionBlocks: the paper's read-out
-            det_rows = _paper_rows(method, xb)
-            sto = _read(chain_readouts(method, xb, chains=chains), paper_readout(method))
-            modes = {"deterministic": det_rows[-1][0][0], "one_chain": sto[0], "mixture": sto}
-            yield yb, modes, det_rows if keep_states else None  # type: ignore[misc]
-            continue
-        W = method.embedding.weight
-        zs = method.chain(xb, deterministic=True)  # no noise drawn: the seed's draws are unchanged
-        det = method.head(zs[-1], W)
-        B = xb.shape[0]
-        xs = xb.repeat(chains, *([1] * (xb.dim() - 1)))  # chain s holds rows s·B .. s·B + B − 1
-        logits = method.head(method.chain(xs, deterministic=False)[-1], W)
-        logits = logits.view(chains, B, *logits.shape[1:])
-        # float32 read-outs whatever the --precision the networks ran in (noprop/precision.py)
-        det, logits = float32(det), float32(logits)
-        modes = {"deterministic": det, "one_chain": logits[0], "mixture": logits}
-        yield yb, modes, zs if keep_states else None
+        sto = _prediction_rows(method, xb, chains=chains, deterministic=False)[-1][0]
+        modes = {"deterministic": det[-1][0][0], "one_chain": sto[0], "mixture": sto}
+        yield yb, modes, det if keep_states else None
 
 
-def _read(readouts: Iterator[tuple[str, Tensor]], name: str) -> Tensor:
-    """The logits of read-out ``name`` (the chains stop there)."""
-    return next(logits for n, logits in readouts if n == name)
-
-
-def _paper_rows(method: Method, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """(logits (1, B, L, 256), state) of the paper's kind of read-out at every recorded grid point
-    of the deterministic chain (CT, FM, DiffusionBlocks): the trajectory's rows, the last one the
-    prediction."""
-    kind = paper_readout(method).split("_")[0]
+def _prediction_rows(
+    method: Method, x: Tensor, *, chains: int = 1, deterministic: bool = True
+) -> list[tuple[Tensor, Tensor | None]]:
+    """(logits (C, B, L, 256) in float32, state) of the method's prediction after every step
+    (:attr:`Method.prediction_kind`: DT's and CT's head(z_t), FM's nearest embedding,
+    DiffusionBlocks' block logits, back-prop's logit lens of h_l): the trajectory's rows, the last
+    one the prediction; the deterministic chain by default."""
+    kinds = {method.prediction_kind}
     return [
-        (logits, state)
-        for name, logits, state in chain_states(method, x, deterministic=True)
-        if name.split("_")[0] == kind and state is not None
+        (float32(r.logits), r.state)
+        for r in method.chain(x, chains=chains, deterministic=deterministic, kinds=kinds)
     ]
 
 
@@ -308,24 +286,16 @@ def test_scores(
     return {**rows.pop("mixture"), "chains": chains, **rows, **traj}
 
 
-def _add_trajectory(method: Method, states: list[Any], y: Tensor, sums: list[_Sums]) -> list[_Sums]:
-    """Add one batch's states (h_0..h_n or z_0..z_T; CT/FM/DiffusionBlocks: (read-out, z) pairs,
-    :func:`_paper_rows`) to the per-depth sums of :func:`trajectory`."""
-    if not isinstance(method, TransformerBackprop | NoPropDT):
-        W = method.targets() if isinstance(method, DiffusionBlocks) else method.embedding.weight
-        sums = sums or [_Sums() for _ in states]
-        for s, (logits, z) in zip(sums, states, strict=True):
-            s.add(logits[0], y, float32(z[0]), W)
-        return sums
-    if isinstance(method, TransformerBackprop):
-        vectors, read = method.lm.unembedding, method.lm.lens
-    else:
-        assert isinstance(method, NoPropDT)
-        W = vectors = method.embedding.weight
-        read = lambda z: method.head(z, W)  # noqa: E731
+def _add_trajectory(
+    method: Method, states: list[tuple[Tensor, Tensor | None]], y: Tensor, sums: list[_Sums]
+) -> list[_Sums]:
+    """Add one batch's (read-out, state) rows (:func:`_prediction_rows`: h_0..h_n or z_0..z_T, or
+    z at the recorded grid points) to the per-depth sums of :func:`trajectory`; the cosine is with
+    the method's output-space vectors (:meth:`Method.output_embeddings`)."""
+    vectors = method.output_embeddings()
     sums = sums or [_Sums() for _ in states]
-    for s, h in zip(sums, states, strict=True):
-        s.add(float32(read(h)), y, float32(h), vectors)
+    for s, (logits, state) in zip(sums, states, strict=True):
+        s.add(logits[0], y, None if state is None else float32(state[0]), vectors)
     return sums
 
 
@@ -339,13 +309,7 @@ def trajectory(
     n = y.numel()
     sums: list[_Sums] = []
     for xb, yb in batches(x, y, batch, "trajectory", progress):
-        if isinstance(method, TransformerBackprop):
-            states: list[Any] = method.lm.residual_stream(xb)
-        elif isinstance(method, NoPropDT):
-            states = method.chain(xb, deterministic=True)
-        else:
-            states = _paper_rows(method, xb)
-        sums = _add_trajectory(method, states, yb, sums)
+        sums = _add_trajectory(method, _prediction_rows(method, xb), yb, sums)
     return [{"depth": i, **s.row(n)} for i, s in enumerate(sums)]
 
 
@@ -360,12 +324,7 @@ def next_byte_logits(
     x = context.view(1, -1)
     if choice is not None:
         return readout_log_probs(method, x, choice)[0, -1]
-    if isinstance(method, TransformerBackprop):
-        return float32(method.lm(x)[0, -1])
-    if not isinstance(method, NoPropDT):
-        return _read(chain_readouts(method, x, deterministic=True), paper_readout(method))[0, 0, -1]
-    z_T = method.chain(x, deterministic=True)[-1]
-    return float32(method.head(z_T, method.embedding.weight)[0, -1])
+    return float32(method.final_logits(x, deterministic=True))[0, 0, -1]
 
 
 @torch.no_grad()

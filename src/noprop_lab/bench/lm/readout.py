@@ -28,15 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noprop import ConfigError, DiffusionBlocks, Method, NoPropCT, NoPropDT, NoPropFM, autocast
-from noprop.methods import TransformerBackprop
+from noprop import ConfigError, Method, autocast
 from noprop.runs.readouts import choose_readout, score_readout
 
 from .language import fit_temperatures, generate, mean_pairwise_cosine, test_scores
-from .tuned_lens import fit_tuned_lens, lens_scores
+from .tuned_lens import fit_tuned_lens, has_residual_stream, lens_scores
 
-#: the methods the read-outs of :mod:`noprop_lab.bench.lm.language` support
-SUPPORTED = (TransformerBackprop, NoPropDT, NoPropCT, NoPropFM, DiffusionBlocks)
 #: training windows the tuned lens is fitted on (a random subset, seeded)
 LENS_WINDOWS = 512
 
@@ -51,11 +48,9 @@ class ReadoutUnsupported(ConfigError):
 
 
 def check(method: Method, name: str) -> None:
-    if not isinstance(method, SUPPORTED):
+    if method.label_dims != 1:
         raise ReadoutUnsupported(
-            name,
-            f"the read-outs of noprop_lab.bench.lm.language cover --method backprop, dt, ct, fm and "
-            f"diffusionblocks, not {method.name}",
+            name, f"its {method.name} model was not built for text (a label per position)"
         )
 
 
@@ -86,23 +81,22 @@ def evaluate(
         scores = test_scores(method, *test, temperatures=temps, with_trajectory=True, **kw)
         choice = choose_readout(method, *val, chains=sizes, seed=seed, progress=progress)
         scores["fair"] = score_readout(method, *test, choice, seed=seed, progress=progress)
-        if isinstance(method, TransformerBackprop) and train_x is not None:
+        if has_residual_stream(method) and train_x is not None:
             g = torch.Generator().manual_seed(seed)
             pick = torch.randperm(train_x.shape[0], generator=g)[:LENS_WINDOWS]
             lens = fit_tuned_lens(method, train_x[pick.to(train_x.device)], seed=seed)
             scores["tuned_lens"] = lens_scores(method, lens, *test)
     trajectory = scores.pop("trajectory")  # same pass: one deterministic chain
-    if isinstance(method, NoPropDT):
-        for row, a in zip(trajectory, method.schedule.alpha_bar.tolist(), strict=True):
+    alpha_bar = getattr(getattr(method, "schedule", None), "alpha_bar", None)
+    if isinstance(alpha_bar, Tensor) and len(alpha_bar) == len(trajectory):  # DT: ᾱ_t per depth
+        for row, a in zip(trajectory, alpha_bar.tolist(), strict=True):
             row["alpha_bar"] = a
     return scores, trajectory
 
 
 def output_vectors_cosine(method: Method) -> float:
     """Mean cosine between distinct output-space vectors (tied unembedding, or W_Embed)."""
-    if isinstance(method, TransformerBackprop):
-        return mean_pairwise_cosine(method.lm.unembedding)
-    return mean_pairwise_cosine(method.embedding.weight)
+    return mean_pairwise_cosine(method.output_embeddings())
 
 
 def sample(

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noprop import ConfigError, Method, float32
-from noprop.methods import TransformerBackprop
 from noprop.models import TransformerLM
 
 LN2 = math.log(2.0)
@@ -68,12 +67,18 @@ def decode(lm: TransformerLM, h: Tensor) -> Tensor:
     return F.layer_norm(h, ln.normalized_shape, w, b, ln.eps) @ lm.unembedding.detach().T
 
 
+def has_residual_stream(method: Method) -> bool:
+    """Whether ``method`` is a transformer with a residual stream (``method.lm``, a
+    :class:`~noprop.models.transformer.TransformerLM`: back-prop on text), which the lens reads."""
+    return isinstance(getattr(method, "lm", None), TransformerLM)
+
+
 def _lm(method: Method) -> TransformerLM:
-    if not isinstance(method, TransformerBackprop):
+    if not has_residual_stream(method):
         raise ConfigError(
             "the tuned lens reads the back-prop transformer (--method backprop, text)"
         )
-    return method.lm
+    return method.lm  # type: ignore[attr-defined]
 
 
 def _kl(logp_final: Tensor, logits: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,12 +132,3 @@ def block_of_step(step: int, steps: int, B: int) -> int:
     So with N = B step k runs block k, and N = 2B runs every block twice; no σ is compared in float.
     """
     return min(step * B // steps, B - 1)
-
-
-def euler_step(
-    z: Tensor, denoised: Tensor, sigma: Tensor | float, sigma_next: Tensor | float
-) -> Tensor:
-    """z ← z + (σ_next − σ)·(z − D̂)/σ (spec §4; the authors' code, not the paper's sign typo).
-
-    It moves z along the straight line from z to D̂: at σ_next = 0 it returns D̂ exactly."""
-    return z + (sigma_next - sigma) * (z - denoised) / sigma
