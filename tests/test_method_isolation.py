@@ -85,3 +85,26 @@ def test_a_planted_isinstance_is_found(tmp_path):
         "    return isinstance(m, NoPropDT)  # noqa: F821\n"
     )
     assert named_classes(planted, concrete_method_classes()) == ["src/noprop/planted.py:6 NoPropDT"]
+
+
+def test_train_help_groups_each_method_option_under_the_methods_that_take_it():
+    """``noprop train --help``: one group per set of methods; each flag in it is a field of every
+    listed method's options and of no other method's."""
+    import dataclasses
+
+    from noprop.cli import build_parser
+    from noprop.methods import METHODS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    groups = [g for g in train._action_groups if g.title.startswith("options of --method ")]
+    assert len(groups) >= 5
+    seen = set()
+    for g in groups:
+        names = g.title.removeprefix("options of --method ").split(", ")
+        for action in g._group_actions:
+            owners = {n for n, cls in METHODS.items()
+                      if action.dest in {f.name for f in dataclasses.fields(cls.Config)}}  # fmt: skip
+            assert owners == set(names), (action.dest, g.title)
+            assert action.dest not in seen
+            seen.add(action.dest)
+    assert {"T", "eta", "inference_steps", "db_overlap", "adjoint_steps"} <= seen

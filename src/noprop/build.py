@@ -39,9 +39,7 @@ def build_method(
     torch.manual_seed(cfg.train.seed)
     ctx = BuildContext(task, cfg.model, cfg.train.seed, train_x, train_y)
     method = cfg.method.cls.from_config(cfg.options, ctx)
-    method.label_dims = task.label_dims
-    if getattr(cfg.options, "val_inference_steps", None) is not None:
-        method.val_inference_steps = cfg.options.val_inference_steps  # type: ignore[attr-defined]
+    method.label_dims = task.label_dims  # the task's shape, not an option: z is (B[, L], d)
     return method
 
 

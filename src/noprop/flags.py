@@ -63,20 +63,26 @@ def add_config_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozense
 
 
 def _add_method_flags(p: argparse.ArgumentParser, skip: frozenset[str], methods: dict) -> None:
-    group = p.add_argument_group("method options (each applies to the methods named)")
+    """``--method``, then one group per set of methods sharing options ("options of dt", "options
+    of ct, fm, adjoint", ...), in registry order: each flag listed once, under the methods it
+    applies to."""
     if "method" not in skip:
         labels = ", ".join(f"{name} ({cls.label})" for name, cls in methods.items())
-        _add(group, "method", str, f"{labels} (default: dt)")
+        _add(p.add_argument_group("method"), "method", str, f"{labels} (default: dt)")
+    groups: dict[tuple[str, ...], argparse._ArgumentGroup] = {}
     for name, owners in method_fields().items():
         if name in skip:
             continue
+        key = tuple(c.name for c in owners)
+        if key not in groups:
+            groups[key] = p.add_argument_group(f"options of --method {', '.join(key)}")
         first = owners[0].Config
         doc = field_docs(first).get(name, "")
         defaults = ", ".join(
             f"{c.name} {next(f.default for f in dataclasses.fields(c.Config) if f.name == name)}"
             for c in owners
         )
-        _add(group, name, resolved_hints(first)[name], f"{doc} (default: {defaults})")
+        _add(groups[key], name, resolved_hints(first)[name], f"{doc} (default: {defaults})")
 
 
 def given_flags(ns: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from .adjoint import Adjoint, AdjointConfig
 from .backprop import Backprop, BackpropConfig
 from .base import (
+    BlockOptions,
     BlockwiseMethod,
     BuildContext,
     ChainSpec,
@@ -46,6 +47,7 @@ __all__ = [
     "AdjointConfig",
     "Backprop",
     "BackpropConfig",
+    "BlockOptions",
     "BlockwiseMethod",
     "BuildContext",
     "CTConfig",

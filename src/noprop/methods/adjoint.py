@@ -53,32 +53,21 @@ class Adjoint(ContinuousTimeMethod):
     name = "adjoint"
     label = "Adjoint"
     Config = AdjointConfig
-    default_optimizer = "adamw"
 
     @classmethod
     def from_config(cls, options: AdjointConfig, ctx: BuildContext) -> Adjoint:
         emb, head = ctx.embedding_and_head()
-        return cls(
-            ctx.block("continuous", emb.dim),
-            emb,
-            head,
-            adjoint_steps=options.adjoint_steps,
-            inference_steps=options.inference_steps,
-            solver=options.solver,
-        )
+        return cls(ctx.block("continuous", emb.dim), emb, head, options)
 
     def __init__(
         self,
         block: CTBlock,
         embedding: ClassEmbedding,
         head: torch.nn.Module,
-        *,
-        adjoint_steps: int = AdjointConfig.adjoint_steps,
-        inference_steps: int = AdjointConfig.inference_steps,
-        solver: str = AdjointConfig.solver,
+        options: AdjointConfig = AdjointConfig(),  # noqa: B008 (frozen: shared safely)
     ) -> None:
-        super().__init__(block, embedding, head, inference_steps=inference_steps, solver=solver)
-        self.adjoint_steps = adjoint_steps
+        super().__init__(block, embedding, head, options)
+        self.adjoint_steps = options.adjoint_steps
 
     def velocity(self, h_x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """f_θ(z, x, t) = logits·W_Embed from cached image features h_x."""

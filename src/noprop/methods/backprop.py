@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.embeddings import ClassEmbedding
-from ..options import at_least
 from .base import (
+    BlockOptions,
     BuildContext,
     ChainSpec,
     Method,
-    MethodOptions,
     Readout,
     block_logits,
     by_chain,
@@ -35,20 +34,14 @@ from .transformer import TransformerBackprop
 
 
 @dataclass(frozen=True, kw_only=True)
-class BackpropConfig(MethodOptions):
-    T: int = 10
-    """number of blocks (diffusion steps) for dt/backprop"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        at_least("T", self.T)
+class BackpropConfig(BlockOptions):
+    """T chained blocks (on text: T transformer layers)."""
 
 
 class Backprop(Method):
     name = "backprop"
     label = "Backprop"
     Config = BackpropConfig
-    default_optimizer = "adamw"
     tasks = ("classification", "language")
 
     @classmethod

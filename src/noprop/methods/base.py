@@ -30,7 +30,7 @@ from ..models import build_embedding, build_head
 from ..models.config import ModelConfig
 from ..models.embeddings import ClassEmbedding
 from ..options import at_least, check_choices
-from ..solvers import ODE_SOLVERS, check_solver, integrate, record_indices
+from ..solvers import ODE_SOLVERS, STOCHASTIC, check_solver, integrate, record_indices
 from ..tasks import BlockFamily, Task
 
 
@@ -40,6 +40,19 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockOptions(MethodOptions):
+    """Options of the methods made of T blocks (dt, backprop; DiffusionBlocks changes the default)."""
+
+    T: int = 10
+    """number of blocks: NoProp-DT's diffusion steps, the back-prop twin's chained blocks, and
+    DiffusionBlocks' B (its own default: 3)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("T", self.T)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,8 +403,9 @@ class BlockwiseMethod(Method):
 class ContinuousTimeMethod(Method):
     """Shared inference plumbing of CT, FM and the adjoint baseline (one network for all t ∈ [0, 1]).
 
-    ``inference_steps`` and ``solver`` are the defaults of :meth:`predict_steps`; plain attributes, so
-    an evaluation sweep may set them (see runs/sweep.py).
+    Built from its options (a :class:`ContinuousTimeOptions` with a ``solver``): ``inference_steps``
+    and ``solver`` are the defaults of :meth:`chain`; plain attributes, so an evaluation sweep may set
+    them (see runs/sweep.py).
     """
 
     continuous_time = True
@@ -400,21 +414,15 @@ class ContinuousTimeMethod(Method):
     compilable: ClassVar[bool] = False
 
     def __init__(
-        self,
-        block: nn.Module,
-        embedding: ClassEmbedding,
-        head: nn.Module,
-        *,
-        inference_steps: int,
-        solver: str,
-        t_samples: int = 1,
+        self, block: nn.Module, embedding: ClassEmbedding, head: nn.Module, options: Any
     ) -> None:
         super().__init__(embedding, head)
         self.block = block  # the one network for every t: the single training unit
-        self.inference_steps = inference_steps
-        self.val_inference_steps: int | None = None  # set from the options by build_method
-        self.solver = solver
-        self.t_samples = t_samples
+        # plain attributes read from the options once: an evaluation sweep may set them
+        self.inference_steps: int = options.inference_steps
+        self.val_inference_steps: int | None = options.val_inference_steps
+        self.solver: str = options.solver
+        self.t_samples: int = getattr(options, "t_samples", 1)  # ct/fm (TimeSamplingOptions)
         self._compiled_fuse: tuple[Any, int] | None = None  # compile_inference()
 
     def block_fuse(self, h_x: Tensor, z: Tensor, t: Tensor | float) -> Tensor:
@@ -554,10 +562,23 @@ class ContinuousTimeMethod(Method):
         *,
         deterministic: bool,
     ) -> list[Tensor]:
-        """z at the grid indices ``record`` of the ``steps``-step integration over [0, 1].
+        """z at the grid indices ``record`` of the ``steps``-step inference over t ∈ [0, 1]: a
+        stochastic sampler (:data:`~noprop.solvers.STOCHASTIC`, :meth:`sample`; noise unless
+        ``deterministic``) or an ODE solver (:meth:`ode`)."""
+        if solver in STOCHASTIC:
+            return self.sample(h_x, z_0, steps, record, not deterministic)
+        return self.ode(h_x, z_0, steps, solver, record)
 
-        Default (FM, adjoint): the ODE dz/dt = ``velocity`` on the uniform t-grid; CT overrides it.
-        """
+    def sample(
+        self, h_x: Tensor, z_0: Tensor, steps: int, record: list[int], noise: bool
+    ) -> list[Tensor]:
+        """A stochastic sampler (CT's ancestral a/b/c steps); the ODE methods have none."""
+        raise ConfigError(f"--method {self.name} has no stochastic sampler")
+
+    def ode(
+        self, h_x: Tensor, z_0: Tensor, steps: int, solver: str, record: list[int]
+    ) -> list[Tensor]:
+        """Default (FM, adjoint): dz/dt = :meth:`velocity` on the uniform t-grid."""
         t_grid = torch.linspace(0.0, 1.0, steps + 1, device=z_0.device)
         return integrate(lambda t, z: self.velocity(h_x, z, t), z_0, t_grid, solver, record)
 

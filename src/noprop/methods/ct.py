@@ -111,40 +111,19 @@ class NoPropCT(ContinuousTimeMethod):
         schedule = LearnedSchedule(
             gamma_min=options.gamma_min, gamma_max=options.gamma_max, width=options.gamma_width
         )
-        return cls(
-            block,
-            emb,
-            head,
-            schedule,
-            eta=options.eta,
-            inference_steps=options.inference_steps,
-            solver=options.solver,
-            t_samples=options.t_samples,
-        )
+        return cls(block, emb, head, schedule, options)
 
-    # defaults are CTConfig's, so the class built directly and the CLI agree
     def __init__(
         self,
         block: CTBlock,
         embedding: ClassEmbedding,
         head: torch.nn.Module,
         schedule: LearnedSchedule,
-        *,
-        eta: float = CTConfig.eta,
-        inference_steps: int = CTConfig.inference_steps,
-        solver: str = CTConfig.solver,
-        t_samples: int = CTConfig.t_samples,
+        options: CTConfig = CTConfig(),  # noqa: B008 (frozen: shared safely)
     ) -> None:
-        super().__init__(
-            block,
-            embedding,
-            head,
-            inference_steps=inference_steps,
-            solver=solver,
-            t_samples=t_samples,
-        )
+        super().__init__(block, embedding, head, options)
         self.schedule = schedule
-        self.eta = eta
+        self.eta = options.eta
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """Head θ_out, a learned W_Embed and the schedule's ψ (all updated jointly, Algorithm 2)."""
@@ -194,20 +173,18 @@ class NoPropCT(ContinuousTimeMethod):
             return self.block_fuse(h_x, z, t)
         return super().chain_readout(kind, h_x, z, t)
 
-    def trajectory(
-        self,
-        h_x: Tensor,
-        z_0: Tensor,
-        steps: int,
-        solver: str,
-        record: list[int],
-        *,
-        deterministic: bool,
+    def sample(
+        self, h_x: Tensor, z_0: Tensor, steps: int, record: list[int], noise: bool
     ) -> list[Tensor]:
-        """Ancestral a/b/c steps (noise unless ``deterministic``) or the probability-flow ODE."""
+        """``--solver ancestral``: the a/b/c steps on the float64 t-grid."""
         t_grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=z_0.device)
-        if solver == "ancestral":
-            return self._ancestral(h_x, z_0, t_grid, record, noise=not deterministic)
+        return self._ancestral(h_x, z_0, t_grid, record, noise=noise)
+
+    def ode(
+        self, h_x: Tensor, z_0: Tensor, steps: int, solver: str, record: list[int]
+    ) -> list[Tensor]:
+        """An ODE solver: the probability-flow ODE on the float64 t-grid."""
+        t_grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=z_0.device)
         return self._probability_flow(h_x, z_0, t_grid, record, solver)
 
     def _probability_flow(

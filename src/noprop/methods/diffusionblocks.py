@@ -55,10 +55,10 @@ from ..options import at_least, fraction
 from ..schedules import EDMNoise, block_of_step
 from ..solvers import edm_euler_step, record_indices
 from .base import (
+    BlockOptions,
     BlockwiseMethod,
     BuildContext,
     ChainSpec,
-    MethodOptions,
     Readout,
     by_chain,
     chain_features,
@@ -69,9 +69,9 @@ DB_SOLVERS = ("euler",)
 
 
 @dataclass(frozen=True, kw_only=True)
-class DiffusionBlocksConfig(MethodOptions):
+class DiffusionBlocksConfig(BlockOptions):
     T: int = 3
-    """number of blocks B (diffusionblocks: 3, the authors' NoProp comparison)"""
+    """diffusionblocks: its number of blocks B (3, the authors' NoProp comparison)"""
     db_overlap: float = 0.05
     """diffusionblocks: overlap γ of the blocks' noise ranges, as a fraction of each range's log-width
     on each side (the authors: 0.05; 0.1 in their NoProp comparison and text runs)"""
@@ -88,7 +88,6 @@ class DiffusionBlocksConfig(MethodOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        at_least("T", self.T)
         fraction("db_overlap", self.db_overlap)
         if self.inference_steps is not None:
             at_least("inference_steps", self.inference_steps)
@@ -98,7 +97,6 @@ class DiffusionBlocks(BlockwiseMethod):
     name = "diffusionblocks"
     label = "DiffusionBlocks"
     Config = DiffusionBlocksConfig
-    default_optimizer = "adamw"
     tasks = ("classification", "language")
     solvers = DB_SOLVERS
     step_axis = "evaluation k (the owning block's logits at σ_k; k = 0 is σ_max = 80)"
@@ -107,33 +105,25 @@ class DiffusionBlocks(BlockwiseMethod):
     def from_config(cls, options: DiffusionBlocksConfig, ctx: BuildContext) -> DiffusionBlocks:
         emb, _ = ctx.embedding_and_head()  # no head: the read-out is the last block's own logits
         blocks = [ctx.block("continuous", emb.dim) for _ in range(options.T)]
-        return cls(
-            blocks,
-            emb,
-            overlap=options.db_overlap,
-            weighting=options.db_weighting,
-            loss=options.db_loss,
-            inference_steps=options.inference_steps,
-        )
+        return cls(blocks, emb, options)
 
     def __init__(
         self,
         blocks: list[nn.Module],
         embedding: ClassEmbedding,
-        *,
-        overlap: float = DiffusionBlocksConfig.db_overlap,
-        weighting: str = DiffusionBlocksConfig.db_weighting,
-        loss: str = DiffusionBlocksConfig.db_loss,
-        inference_steps: int | None = None,
+        options: DiffusionBlocksConfig = DiffusionBlocksConfig(),  # noqa: B008 (frozen)
         noise: EDMNoise | None = None,
     ) -> None:
         super().__init__(embedding, nn.Identity())
         self.blocks = nn.ModuleList(blocks)
         self.noise = noise or EDMNoise()
-        self.overlap, self.weighting, self.loss_kind = overlap, weighting, loss
-        self.ranges = [self.noise.block_range(len(blocks), b, overlap) for b in range(len(blocks))]
+        self.overlap, self.weighting = options.db_overlap, options.db_weighting
+        self.loss_kind = options.db_loss
+        self.ranges = [
+            self.noise.block_range(len(blocks), b, self.overlap) for b in range(len(blocks))
+        ]
         # plain attributes, so an evaluation sweep may set them (runs/sweep.py)
-        self.inference_steps = inference_steps or len(blocks)
+        self.inference_steps = options.inference_steps or len(blocks)
         self.solver = "euler"
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -39,14 +39,14 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.embeddings import ClassEmbedding
-from ..options import at_least, non_negative, positive
+from ..options import non_negative, positive
 from ..schedules import CosineSchedule, DiscreteSchedule, kl_prior
 from ..solvers import ancestral_step
 from .base import (
+    BlockOptions,
     BlockwiseMethod,
     BuildContext,
     ChainSpec,
-    MethodOptions,
     Readout,
     block_logits,
     by_chain,
@@ -54,9 +54,7 @@ from .base import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class DTConfig(MethodOptions):
-    T: int = 10
-    """number of blocks (diffusion steps) for dt/backprop"""
+class DTConfig(BlockOptions):
     eta: float = 0.1
     """η, weight of the denoising term (Eq. 8; Table 3: 0.1 for dt, 1 for ct)"""
     cosine_s: float = 0.008
@@ -74,7 +72,6 @@ class DTConfig(MethodOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        at_least("T", self.T)
         positive("eta", self.eta)
         non_negative("cosine_s", self.cosine_s)
         non_negative("block_ce", self.block_ce)
@@ -89,7 +86,6 @@ class NoPropDT(BlockwiseMethod):
     name = "dt"
     label = "NoProp-DT"
     Config = DTConfig
-    default_optimizer = "adamw"
     fusable = True
     tasks = ("classification", "language")
 
@@ -105,15 +101,7 @@ class NoPropDT(BlockwiseMethod):
             )
         )
         blocks = [ctx.block("discrete", emb.dim) for _ in range(options.T)]
-        return cls(  # label_dims: build_method sets it
-            blocks,
-            emb,
-            head,
-            schedule,
-            eta=options.eta,
-            block_ce=options.block_ce,
-            head_every_step=options.head_every_step,
-        )
+        return cls(blocks, emb, head, schedule, options)  # label_dims: build_method sets it
 
     def __init__(
         self,
@@ -121,19 +109,16 @@ class NoPropDT(BlockwiseMethod):
         embedding: ClassEmbedding,
         head: nn.Module,
         schedule: DiscreteSchedule,
-        *,
-        eta: float = DTConfig.eta,
-        block_ce: float = DTConfig.block_ce,
-        head_every_step: bool = DTConfig.head_every_step,
+        options: DTConfig = DTConfig(),  # noqa: B008 (frozen: shared safely)
     ) -> None:
         super().__init__(embedding, head)
         if len(blocks) != schedule.T:
             raise ValueError(f"need T={schedule.T} blocks, got {len(blocks)}")
         self.blocks = nn.ModuleList(blocks)
         self.schedule = schedule
-        self.eta = eta
-        self.block_ce = block_ce
-        self.head_every_step = head_every_step
+        self.eta = options.eta
+        self.block_ce = options.block_ce
+        self.head_every_step = options.head_every_step
 
     @property
     def T(self) -> int:

@@ -52,6 +52,7 @@ W_Embed through both ends of the path (one table), as through u_y in the paper's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,47 +141,23 @@ class NoPropFM(ContinuousTimeMethod):
     def from_config(cls, options: FMConfig, ctx: BuildContext) -> NoPropFM:
         cls.check_task(options, ctx.task.name)
         emb, head = ctx.embedding_and_head()
-        return cls(
-            ctx.block("continuous", emb.dim),
-            emb,
-            head,
-            sigma=options.fm_sigma,
-            source=options.fm_source,
-            source_sigma=options.fm_source_sigma,
-            predict=resolve_predict(options.fm_predict, ctx.task.name),
-            inference_steps=options.inference_steps,
-            solver=options.solver,
-            t_samples=options.t_samples,
-        )
+        predict = resolve_predict(options.fm_predict, ctx.task.name)
+        return cls(ctx.block("continuous", emb.dim), emb, head,
+                   dataclasses.replace(options, fm_predict=predict))  # fmt: skip
 
     def __init__(
         self,
         block: CTBlock,
         embedding: ClassEmbedding,
         head: torch.nn.Module,
-        *,
-        sigma: float = FMConfig.fm_sigma,
-        source: str = FMConfig.fm_source,
-        source_sigma: float = FMConfig.fm_source_sigma,
-        predict: str = "velocity",
-        inference_steps: int = FMConfig.inference_steps,
-        solver: str = FMConfig.solver,
-        t_samples: int = FMConfig.t_samples,
+        options: FMConfig = FMConfig(),  # noqa: B008 (frozen: shared safely)
     ) -> None:
-        super().__init__(
-            block,
-            embedding,
-            head,
-            inference_steps=inference_steps,
-            solver=solver,
-            t_samples=t_samples,
-        )
-        self.sigma = sigma
-        self.source = source
-        self.source_sigma = source_sigma
-        if predict not in ("velocity", "clean"):
-            raise ConfigError(f"--fm-predict {predict!r}: expected velocity or clean")
-        self.prediction = predict  # not "predict": Method.predict() is the inference API
+        super().__init__(block, embedding, head, options)
+        self.sigma = options.fm_sigma
+        self.source = options.fm_source
+        self.source_sigma = options.fm_source_sigma
+        # not "predict": Method.predict() is the inference API; auto without a task: images'
+        self.prediction = resolve_predict(options.fm_predict, "classification")
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """θ_out and W_Embed when W_Embed is learned; nothing otherwise (the head is then unused)."""

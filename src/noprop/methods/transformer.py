@@ -24,7 +24,6 @@ from .base import BuildContext, ChainSpec, Method, Readout
 class TransformerBackprop(Method):
     name = "backprop"
     label = "Backprop (transformer)"
-    default_optimizer = "adamw"
     tasks = ("language",)
     stochastic = False
 
