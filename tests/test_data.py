@@ -736,3 +736,21 @@ def test_stored_digits_split_is_scikit_learns_and_loads_without_it():
             "print('sklearn' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_registry_decides_the_task_of_every_data_set():
+    """``noprop.data.registry``: every --dataset has one task kind, and the config, the task
+    builder and --augment follow it."""
+    from noprop.config import make_config
+    from noprop.data import ALL_DATASETS, DATASET_TASKS, TEXT_DATASETS, task_kind
+    from noprop.errors import ConfigError
+    from noprop.tasks import TASKS, task_for
+
+    assert set(ALL_DATASETS) == set(DATASETS) | {"folder", "npy"} | set(TEXT_DATASETS)
+    assert set(DATASET_TASKS.values()) <= set(TASKS)
+    assert {task_kind(n) for n in TEXT_DATASETS} == {"language"}
+    assert task_for("digits").name == "classification" and task_for("stdlib").name == "language"
+    with pytest.raises(ConfigError, match="unknown --dataset 'nope'; choose one of digits"):
+        task_kind("nope")
+    with pytest.raises(ConfigError, match="transforms images"):
+        make_config(dataset="stdlib", augment="flip")

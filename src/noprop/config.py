@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .data import DataConfig
-from .data.text import TEXT_DATASETS
+from .data.registry import is_text, task_kind
 from .errors import ConfigError
 from .limits import MAX_CONFIG_VALUES, MAX_TOTAL_LAYERS
 from .methods import METHODS, Method, MethodOptions, method_class
@@ -176,10 +176,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        text = self.data.dataset in TEXT_DATASETS
-        check_limits(self.flat(), text)
+        task = task_kind(self.data.dataset)
+        check_limits(self.flat(), task == "language")
         parallel, cls, name = self.train.parallel, self.method.cls, self.method.method
-        task = "language" if text else "classification"
         if task not in cls.tasks:
             raise ConfigError(
                 f"--method {name} does not support the {task} task of --dataset "
@@ -258,7 +257,7 @@ class RunConfig:
         if (
             method.get("method") == "fm"
             and "fm_predict" not in method
-            and kwargs["data"].dataset in TEXT_DATASETS
+            and is_text(kwargs["data"].dataset)
         ):  # text FM runs from before --fm-predict predicted v_θ (images: auto is velocity too)
             method["fm_predict"] = "velocity"
         kwargs["method"] = MethodConfig.from_dict(method)

@@ -7,11 +7,14 @@ for the download table and :mod:`noprop.data.config` for the ``--dataset`` optio
 
 from noprop.data.config import DataConfig
 from noprop.data.datasets import DATASETS, SPECS, DatasetSpec, DataSplits, load_dataset
+from noprop.data.registry import ALL_DATASETS, DATASET_TASKS, task_kind
 from noprop.data.sources import as_source, class_examples, num_examples, split_tensors
 from noprop.data.text import TEXT_DATASETS
 
 __all__ = [
+    "ALL_DATASETS",
     "DATASETS",
+    "DATASET_TASKS",
     "SPECS",
     "TEXT_DATASETS",
     "DataConfig",
@@ -22,4 +25,5 @@ __all__ = [
     "load_dataset",
     "num_examples",
     "split_tensors",
+    "task_kind",
 ]

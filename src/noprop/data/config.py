@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..options import at_least
 from .augment import parse_augment
-from .datasets import DATASETS, USER_DATASETS
-from .text import TEXT_DATASETS
+from .datasets import USER_DATASETS
+from .registry import is_text, task_kind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,15 +35,11 @@ class DataConfig:
     to 4 pixels, zero padding), flip (horizontal) or crop,flip; seeded by --seed, epoch and example"""
 
     def __post_init__(self) -> None:
-        names = DATASETS + USER_DATASETS + TEXT_DATASETS
-        if self.dataset not in names:
-            raise ConfigError(
-                f"unknown --dataset {self.dataset!r}; choose one of {', '.join(names)}"
-            )
+        task_kind(self.dataset)  # a known data set
         if self.dataset in USER_DATASETS and not self.data_dir:
             raise ConfigError(f"--dataset {self.dataset} reads your own data: give --data-dir DIR")
         ops = parse_augment(self.augment)
-        if ops and self.dataset in TEXT_DATASETS:
+        if ops and is_text(self.dataset):
             raise ConfigError(
                 f"--augment {self.augment} transforms images; --dataset {self.dataset} is text"
             )

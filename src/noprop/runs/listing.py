@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data.text import TEXT_DATASETS
+from ..data.registry import DATASET_TASKS
 from ..errors import NoPropError
 from ..rundir import RunDir
 from ..tasks import LanguageTask, Task
@@ -57,7 +57,7 @@ def describe(path: Path) -> dict[str, Any]:
                    val=summary.get("val_accuracy"), test=summary.get("test_accuracy"))  # fmt: skip
     else:
         status = "resumable" if run.checkpoint_path.is_file() else "failed"
-        text = row["dataset"] in TEXT_DATASETS
+        text = DATASET_TASKS.get(row["dataset"]) == "language"
         val = best_val_accuracy(records, LanguageTask if text else Task)
         row.update(status=status, epochs=len(records), val=val, test=None)
     return row

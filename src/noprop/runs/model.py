@@ -38,7 +38,7 @@ from ..build import build_method, check_weights
 from ..config import RunConfig
 from ..data.datasets import USER_DATASETS, normalise
 from ..data.formats import checked_images
-from ..data.text import TEXT_DATASETS
+from ..data.registry import is_text
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..methods import Method
@@ -213,7 +213,7 @@ def load_trained(
     path = Path(path)
     dev = pick_device(device)
     run = RunDir(path)
-    if run.is_run() and run.config().data.dataset in TEXT_DATASETS:
+    if run.is_run() and is_text(run.config().data.dataset):
         raise ConfigError(
             f"{path} is a text run: predict, export and eval --chains read image classifiers; "
             "evaluate it with noprop eval RUN (bits per byte) or noprop lm compare"

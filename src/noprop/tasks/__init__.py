@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataConfig
-from ..data.datasets import SPECS, USER_DATASETS
-from ..data.text import TEXT_DATASETS
+from ..data.datasets import USER_DATASETS
+from ..data.registry import task_kind
 from .base import BlockFamily, Task
 from .classification import ClassificationTask
 from .language import LanguageTask, bits, mixture_bits, unigram_bits
 
-#: task name → class: the image data sets of :data:`noprop.data.DATASETS` pose classification
-#: (``SPECS[d].task``), the text corpora of :data:`noprop.data.text.TEXT_DATASETS` next-byte prediction
+#: task name → class; which data set poses which task: :data:`noprop.data.registry.DATASET_TASKS`
 TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "language": LanguageTask}
 
 
@@ -30,11 +29,12 @@ def task_for(
     data are read, or from ``recorded`` (what a run recorded of them: its ``data.json``); ``cache`` is
     the run's decoded-image cache (:mod:`noprop.data.user`)."""
     name = data if isinstance(data, str) else data.dataset
-    if name in TEXT_DATASETS:
+    kind = task_kind(name)
+    if kind == "language":
         return LanguageTask(name, 128 if isinstance(data, str) else data.context)
     if name in USER_DATASETS:
         return ClassificationTask(name, recorded=recorded, cache=cache)
-    return TASKS[SPECS[name].task](name)  # type: ignore[call-arg]
+    return TASKS[kind](name)  # type: ignore[call-arg]
 
 
 __all__ = [
