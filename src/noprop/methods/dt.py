@@ -124,10 +124,6 @@ class NoPropDT(BlockwiseMethod):
     def T(self) -> int:
         return self.schedule.T
 
-    def u_hat(self, t: int, x: Tensor, z_prev: Tensor) -> Tensor:
-        """û_θt(z_{t-1}, x) = softmax(logits) · W_Embed (spec §3.1): a convex combination of embeddings."""
-        return self.embedding.mix(self.blocks[t - 1](x, z_prev).softmax(-1))
-
     def loss(self, x: Tensor, y: Tensor, unit: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 8 / Eq. 61 for block t = unit + 1 on one mini-batch (Algorithm 1, inner loop)."""
         t, s = unit + 1, self.schedule
@@ -214,7 +210,7 @@ class NoPropDT(BlockwiseMethod):
             logits = block_logits(self.blocks[t - 1], x, z, C)  # block t on z_{t−1}
             if own:
                 yield Readout(f"p_{t}", by_chain(logits, C), by_chain(z, C), t / self.T)
-            u_hat = self.embedding.mix(logits.softmax(-1))
+            u_hat = self.embedding.mix(logits.softmax(-1))  # û_θt = softmax(logits)·W (spec §3.1)
             z = ancestral_step(z, u_hat, s.a[t], s.b[t], s.c[t], noise=not deterministic)  # Eq. 3
             if heads:
                 yield Readout(f"head_{t}", by_chain(self.head(z, W), C), by_chain(z, C), t / self.T)

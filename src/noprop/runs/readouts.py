@@ -138,9 +138,7 @@ def chain_states(
     z_t for ``head_t``, the block's input z_{t−1} for DT's ``p_t``, z_{t_k} (or DiffusionBlocks'
     z_{σ_k}) at grid point k; None for back-prop's ``output`` (its residual stream is the state of
     its ``lens_l`` read-outs)."""
-    names = set(readout_names(method))
-    if chains < 1:
-        raise ConfigError(f"--chains must be >= 1 (got {chains})")
+    names = set(readout_names(method))  # chains >= 1: Method.chain checks it
     kinds = {kind_of(n) for n in names}
     for r in method.chain(x, chains=chains, deterministic=deterministic, kinds=kinds):
         if r.name in names:
